@@ -1,0 +1,86 @@
+"""The words users type for states and groups, and the AWS names they stand for.
+
+Each filter is a table: a word maps to the AWS names it means. AWS's own names
+are accepted too (any case), ``all`` means no filter, and several words mean the
+union of what each one means. An unknown word is an error that names it and
+lists the valid ones; it is never dropped.
+"""
+
+from cloudmesh.emr.errors import UsageError
+
+CLUSTER_STATUS = {
+    "start": ["STARTING"],
+    "boot": ["BOOTSTRAPPING"],
+    "run": ["RUNNING"],
+    "wait": ["WAITING"],
+    "terminating": ["TERMINATING"],
+    "shutdown": ["TERMINATED"],
+    "error": ["TERMINATED_WITH_ERRORS"],
+    "active": ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING", "TERMINATING"],
+}
+
+INSTANCE_STATUS = {
+    "start": ["AWAITING_FULFILLMENT"],
+    "provision": ["PROVISIONING"],
+    "boot": ["BOOTSTRAPPING"],
+    "run": ["RUNNING"],
+    "down": ["TERMINATED"],
+}
+
+INSTANCE_TYPE = {
+    "master": ["MASTER"],
+    "core": ["CORE"],
+    "task": ["TASK"],
+}
+
+STEP_STATE = {
+    "pending": ["PENDING"],
+    "canceling": ["CANCEL_PENDING"],
+    "running": ["RUNNING"],
+    "completed": ["COMPLETED"],
+    "cancelled": ["CANCELLED"],
+    "failed": ["FAILED"],
+    "interrupted": ["INTERRUPTED"],
+}
+
+# the option that carries each vocabulary, for error messages
+FILTERS = {
+    "cluster status": ("--status", CLUSTER_STATUS),
+    "instance status": ("--status", INSTANCE_STATUS),
+    "instance type": ("--type", INSTANCE_TYPE),
+    "step state": ("--state", STEP_STATE),
+}
+
+ACTIVE_CLUSTER_STATES = CLUSTER_STATUS["active"]
+
+
+def split_words(values):
+    """Flatten repeated and comma-separated option values: ['a,b', 'c'] -> ['a', 'b', 'c']."""
+    words = []
+    for value in values or []:
+        words.extend(part.strip() for part in str(value).split(",") if part.strip())
+    return words
+
+
+def translate(kind, values):
+    """The AWS names that the words ``values`` mean, in a stable order; [] for no filter.
+
+    ``kind`` is a key of FILTERS. Raises UsageError naming the first unknown word.
+    """
+    option, table = FILTERS[kind]
+    aws_names = []
+    for name in table.values():
+        aws_names.extend(n for n in name if n not in aws_names)
+    words = split_words(values)
+    if not words or any(word.lower() == "all" for word in words):
+        return []
+    wanted = []
+    for word in words:
+        meaning = table.get(word.lower())
+        if meaning is None and word.upper() in aws_names:
+            meaning = [word.upper()]
+        if meaning is None:
+            valid = ", ".join(["all", *table, *aws_names])
+            raise UsageError(f"{option}: '{word}' is not a {kind}; use one of: {valid}")
+        wanted.extend(name for name in meaning if name not in wanted)
+    return wanted

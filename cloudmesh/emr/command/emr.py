@@ -1,0 +1,316 @@
+"""``cms emr``: the command line. Parses, validates, calls the Provider, prints.
+
+The docstring of ``EmrCommand.do_emr`` is the docopt usage text and the single
+source of truth of the CLI: ``cms emr --help`` prints it. The command never calls
+boto3 itself; it turns errors into one ``ERROR:`` line and an exit code
+(0 success, 1 the operation failed, 2 bad input).
+"""
+
+import os
+import sys
+
+from cloudmesh.emr.errors import EmrError, UsageError
+
+try:  # inside the cloudmesh shell, this is one of its plugin commands
+    from cloudmesh.shell.command import PluginCommand
+except ImportError:  # standalone: our own `cms` runs it
+    PluginCommand = object
+
+BIG_FILE = 8 * 1024 * 1024  # show upload progress above this size, on a terminal
+
+
+def say(line=""):
+    print(line, flush=True)
+
+
+def warn(line):
+    print(line, file=sys.stderr, flush=True)
+
+
+class EmrCommand(PluginCommand):
+    """The `emr` command of the cloudmesh shell."""
+
+    def do_emr(self, args, arguments=None):
+        """
+        Manage Amazon EMR clusters that run Apache Spark.
+
+        Usage:
+          emr list clusters [--status=STATUS...] [--format=FORMAT] [--cloud=CLOUD]
+          emr list instances CLUSTERID [--status=STATUS...] [--type=TYPE...] [--format=FORMAT] [--cloud=CLOUD]
+          emr list steps CLUSTERID [--state=STATE...] [--format=FORMAT] [--cloud=CLOUD]
+          emr describe CLUSTERID [--format=FORMAT] [--cloud=CLOUD]
+          emr start NAME [--master=MASTER] [--node=NODE] [--count=COUNT] [--release=LABEL] [--format=FORMAT] [--cloud=CLOUD]
+          emr stop CLUSTERID... [--format=FORMAT] [--cloud=CLOUD]
+          emr upload FILE BUCKET BUCKETNAME [--cloud=CLOUD]
+          emr copy CLUSTERID BUCKET BUCKETNAME [--cloud=CLOUD]
+          emr run CLUSTERID BUCKET BUCKETNAME [ARGS...] [--cloud=CLOUD]
+          emr db (start|stop|status) [--format=FORMAT]
+          emr local start [--port=PORT]
+          emr local status [--format=FORMAT]
+          emr local stop [--force]
+          emr server start [--host=HOST] [--port=PORT] [--cloud=CLOUD]
+          emr -h | --help
+          emr --version
+
+        Arguments:
+          CLUSTERID    a cluster id, such as j-2AXXXXXXGAPLF
+          NAME         the name of the new cluster
+          FILE         a local file to upload
+          BUCKET       an S3 bucket that exists
+          BUCKETNAME   the object name (key) in the bucket
+          ARGS         arguments for the Spark program; put -- before them
+                       when they start with a dash
+
+        Options:
+          --status=STATUS  clusters: all, active, start, boot, run, wait,
+                           terminating, shutdown, error; instances: all, start,
+                           provision, boot, run, down; AWS state names work too;
+                           repeat it or separate words by commas [default: all]
+          --type=TYPE      instance group: all, master, core, task [default: all]
+          --state=STATE    steps: all, pending, canceling, running, completed,
+                           cancelled, failed, interrupted [default: all]
+          --format=FORMAT  table (the default), csv, json, yaml or dict
+          --cloud=CLOUD    the cloudmesh.yaml cloud to use; local is the emulator
+          --master=MASTER  instance type of the master node (m5.xlarge)
+          --node=NODE      instance type of the core nodes (m5.xlarge)
+          --count=COUNT    nodes in all: 1 master plus COUNT-1 core (3)
+          --release=LABEL  EMR release label (emr-7.12.0)
+          --port=PORT      port to listen on (local: any free one; server: 8080)
+          --host=HOST      address of the REST service [default: 127.0.0.1]
+          --force          stop the emulator even while clusters are active
+
+        Description:
+          Every result is recorded in MongoDB (collections <cloud>-emr-<kind>).
+          The defaults of start come from cloudmesh.emr.default in
+          cloudmesh.yaml when it sets them. Exit codes: 0 success, 1 the
+          operation failed, 2 bad input.
+        """
+        return self.execute(arguments)
+
+    # ---- parsing ---------------------------------------------------------------------
+
+    @classmethod
+    def usage(cls):
+        import inspect
+
+        return inspect.cleandoc(cls.do_emr.__doc__)
+
+    @classmethod
+    def parse(cls, argv):
+        """docopt's dictionary for ``emr ARGV``; UsageError when it fits no usage."""
+        from docopt import DocoptExit, docopt
+
+        from cloudmesh.emr import __version__
+
+        try:
+            return docopt(cls.usage(), argv=list(argv), default_help=False, version=None)
+        except DocoptExit:
+            given = " ".join(argv) or "nothing"
+            raise UsageError(
+                f"'emr {given}' fits no usage of cms emr; see 'cms emr --help'"
+            ) from None
+
+    def run(self, argv):
+        """Parse ``argv`` (the words after ``emr``) and execute; return the exit code."""
+        try:
+            arguments = self.parse(argv)
+        except UsageError as error:
+            warn(f"ERROR: {error.message}")
+            return error.exit_code
+        return self.execute(arguments)
+
+    # ---- executing -------------------------------------------------------------------
+
+    def execute(self, arguments):
+        try:
+            return self._dispatch(arguments)
+        except EmrError as error:
+            warn(f"ERROR: {error.message}")
+            return error.exit_code
+        except KeyboardInterrupt:
+            warn("ERROR: interrupted")
+            return 130
+        except Exception as error:  # a defect: say so in one line, keep the trace on request
+            if os.environ.get("CLOUDMESH_EMR_DEBUG"):
+                raise
+            warn(f"ERROR: unexpected {type(error).__name__}: {error} "
+                 "(set CLOUDMESH_EMR_DEBUG=1 to see where; please report it)")
+            return 1
+
+    def _dispatch(self, a):
+        if a.get("--help") or a.get("-h"):
+            say(self.usage())
+            return 0
+        if a.get("--version"):
+            from cloudmesh.emr import __version__
+
+            say(__version__)
+            return 0
+        from cloudmesh.emr import printer
+
+        fmt = printer.check_format(a.get("--format"))
+        for word, handler in (("db", self._db), ("local", self._local), ("server", self._server)):
+            if a.get(word):
+                return handler(a, fmt)
+
+        from cloudmesh.emr.api.provider import Provider
+
+        provider = Provider(cloud=a.get("--cloud"))
+        if a["list"]:
+            code = self._list(a, provider, fmt)
+        elif a["describe"]:
+            cluster = provider.describe(a["CLUSTERID"][0])
+            say(printer.render_one(cluster, fmt, printer.describe_rows(cluster)))
+            code = 0
+        elif a["start"]:
+            code = self._start(a, provider, a.get("--format") and fmt)
+        elif a["stop"]:
+            actions = provider.stop(a["CLUSTERID"])
+            say(printer.render(actions, "action", fmt))
+            for action in actions:
+                if action.get("Error"):
+                    warn(f"ERROR: {action['Error']['Message']}")
+            code = 1 if any(action.get("Error") for action in actions) else 0
+        elif a["upload"]:
+            code = self._upload(a, provider)
+        elif a["copy"]:
+            action = provider.copy(a["CLUSTERID"][0], a["BUCKET"], a["BUCKETNAME"])
+            say(action["Target"])
+            code = 0
+        else:  # run
+            action = provider.run(a["CLUSTERID"][0], a["BUCKET"], a["BUCKETNAME"], a["ARGS"])
+            say(action["Target"])
+            code = 0
+        return self._finish(provider, code)
+
+    @staticmethod
+    def _finish(provider, code):
+        for line in provider.warnings:
+            warn(f"WARNING: {line}")
+        if provider.database_error is not None:
+            warn(f"ERROR: {provider.database_error.message}")
+            return max(code, 1)
+        return code
+
+    def _list(self, a, provider, fmt):
+        from cloudmesh.emr import printer
+
+        status = a["--status"] if a["--status"] else None
+        if a["clusters"]:
+            kind, records = "cluster", provider.list_clusters(status=status)
+        elif a["instances"]:
+            kind = "instance"
+            records = provider.list_instances(a["CLUSTERID"][0], status=status, types=a["--type"])
+        else:
+            kind, records = "step", provider.list_steps(a["CLUSTERID"][0], state=a["--state"])
+        say(printer.render(records, kind, fmt))
+        return 0
+
+    def _start(self, a, provider, fmt):
+        from cloudmesh.emr import printer
+
+        action = provider.start(
+            a["NAME"], master=a["--master"], node=a["--node"], count=a["--count"],
+            release=a["--release"],
+        )
+        for line in provider.warnings:
+            warn(f"WARNING: {line}")
+        provider.warnings = []
+        if fmt is None:  # no --format: just the id, for CID=$(cms emr start NAME)
+            say(action["Target"])
+        elif fmt in ("table", "csv"):
+            say(printer.render([action], "action", fmt))
+        else:
+            say(printer.render_one(action, fmt))
+        return 0
+
+    def _upload(self, a, provider):
+        from cloudmesh.emr import printer
+
+        filename = a["FILE"]
+        progress = None
+        try:
+            size = os.path.getsize(filename)
+        except OSError:
+            size = 0
+        if size > BIG_FILE and sys.stderr.isatty():
+            progress = printer.Progress(size, os.path.basename(filename))
+        try:
+            action = provider.upload(filename, a["BUCKET"], a["BUCKETNAME"], progress=progress)
+        finally:
+            if progress is not None:
+                progress.close()
+        say(action["Target"])
+        return 0
+
+    # ---- database, emulator, REST service ----------------------------------------------
+
+    def _db(self, a, fmt):
+        from cloudmesh.emr import printer
+        from cloudmesh.emr.database import Database
+
+        database = Database()
+        if a["start"] or a["stop"]:
+            if database.server is None:
+                raise UsageError(
+                    "cloudmesh.data.mongo.MODE is native: this tool starts and stops only "
+                    "the embedded database"
+                )
+            if a["start"]:
+                state, fresh = database.server.start()
+                verb = "started" if fresh else "already running"
+                say(f"database {verb} at {state['host']}:{state['port']} (pid {state['pid']})")
+            else:
+                state = database.server.stop()
+                say(f"database stopped (pid {state['pid']})" if state else "database was not running")
+            return 0
+        info = database.status()
+        collections = info.pop("Collections", {})
+        pairs = list(info.items()) + [(name, count) for name, count in collections.items()]
+        if fmt in ("json", "yaml", "dict"):
+            say(printer.render_one({**info, "Collections": collections}, fmt))
+        else:
+            say(printer.render_one(info, fmt, pairs))
+        return 0
+
+    def _local(self, a, fmt):
+        from cloudmesh.emr import printer
+        from cloudmesh.emr.config import Settings
+        from cloudmesh.emr.local import control
+
+        if a["start"]:
+            port = a["--port"]
+            if port is not None:
+                try:
+                    port = int(port)
+                except ValueError:
+                    raise UsageError(f"--port: '{port}' is not a port number") from None
+            info = control.start(port=port, delay=Settings.load().local_delay())
+            verb = "already running" if info.get("AlreadyRunning") else "started"
+            say(f"local EMR emulator {verb} at {info['Endpoint']} (pid {info['Pid']})")
+            say(f"use it with --cloud=local, or: aws emr list-clusters --endpoint-url {info['Endpoint']}")
+        elif a["status"]:
+            info = control.status()
+            clusters = info.get("Clusters") or {}
+            pairs = [(k, v) for k, v in info.items() if k != "Clusters"]
+            pairs += [(f"clusters {state}", count) for state, count in clusters.items()]
+            say(printer.render_one(info, fmt, [(k, printer.when(v)) for k, v in pairs]))
+        else:
+            info = control.stop(force=bool(a["--force"]))
+            if info.get("Stopped"):
+                say(f"local EMR emulator stopped (pid {info['Pid']}); {info.get('Lost', '')}".rstrip("; "))
+            else:
+                say("local EMR emulator was not running")
+        return 0
+
+    def _server(self, a, fmt):
+        from cloudmesh.emr.api import server
+
+        port = a["--port"] or "8080"
+        try:
+            port = int(port)
+        except ValueError:
+            raise UsageError(f"--port: '{port}' is not a port number") from None
+        if not 0 < port < 65536:
+            raise UsageError(f"--port: {port} is not between 1 and 65535")
+        return server.serve(host=a["--host"] or "127.0.0.1", port=port, cloud=a["--cloud"])

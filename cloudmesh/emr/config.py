@@ -1,0 +1,200 @@
+"""Settings from cloudmesh.yaml and the environment.
+
+The file is ``$CLOUDMESH_CONFIG_DIR/cloudmesh.yaml``, else ``~/.cloudmesh/cloudmesh.yaml``;
+a missing file is not an error. Keys read (cloudmesh conventions)::
+
+    cloudmesh:
+      cloud:
+        <CLOUD>:
+          credentials: {EC2_ACCESS_ID, EC2_SECRET_KEY, region, endpoint}
+      data:
+        mongo: {MODE, MONGO_HOST, MONGO_PORT, MONGO_DBNAME, MONGO_USERNAME, MONGO_PASSWORD}
+      emr:
+        default: {cloud, release, master, node, count, loguri}
+        local: {delay}
+        server: {token}
+
+Where a key is absent, boto3's own chain applies (AWS_PROFILE, AWS_ACCESS_KEY_ID,
+~/.aws/, AWS_ENDPOINT_URL, AWS_DEFAULT_REGION). Secrets are held here only long
+enough to build a boto3 session; they are never printed or recorded.
+"""
+
+import os
+from pathlib import Path
+
+from cloudmesh.emr.errors import UsageError
+
+LOCAL = "local"
+
+# what `cms emr start` uses when neither the command line nor cloudmesh.yaml says
+EMR_DEFAULTS = {
+    "cloud": "aws",
+    "release": "emr-7.12.0",
+    "master": "m5.xlarge",
+    "node": "m5.xlarge",
+    "count": 3,
+    "loguri": None,  # where EMR writes step logs; unset: no logs on AWS, an emulator bucket locally
+}
+
+MONGO_DEFAULTS = {
+    "MODE": "embedded",
+    "MONGO_HOST": "127.0.0.1",
+    "MONGO_PORT": 27017,
+    "MONGO_DBNAME": "cloudmesh",
+    "MONGO_USERNAME": None,
+    "MONGO_PASSWORD": None,
+}
+
+# the emulator accepts any key; these only keep botocore from looking elsewhere
+LOCAL_CREDENTIALS = {"EC2_ACCESS_ID": "local", "EC2_SECRET_KEY": "local", "region": "us-east-1"}
+
+
+def config_dir():
+    """The folder that holds cloudmesh.yaml and our state (database, emulator)."""
+    return Path(os.environ.get("CLOUDMESH_CONFIG_DIR") or Path.home() / ".cloudmesh")
+
+
+def state_dir(*parts):
+    """``<config dir>/emr/<parts>``: where the embedded database and the emulator keep state."""
+    return config_dir().joinpath("emr", *parts)
+
+
+def _dig(data, *keys):
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def check_endpoint(cloud, url):
+    """The endpoint URL if it is one (http[s]://host[:port][/path]), else UsageError."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises ValueError on a malformed port
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise UsageError(
+            f"cloudmesh.cloud.{cloud}.credentials.endpoint '{url}' is not a URL "
+            "like http://127.0.0.1:5000"
+        )
+    return url
+
+
+class Settings:
+    """The parsed cloudmesh.yaml; an empty one when there is no file."""
+
+    def __init__(self, data=None, path=None):
+        self.data = data or {}
+        self.path = path
+
+    @classmethod
+    def load(cls):
+        path = config_dir() / "cloudmesh.yaml"
+        if not path.is_file():
+            return cls({}, path)
+        import yaml
+
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            where = getattr(error, "problem_mark", None)
+            at = f" at line {where.line + 1}" if where is not None else ""
+            reason = getattr(error, "problem", None) or getattr(error, "strerror", None) or error
+            raise UsageError(f"cannot read {path}{at}: {reason}; fix the YAML") from None
+        if not isinstance(data, dict):
+            raise UsageError(f"{path} is not a YAML mapping; see the README for an example")
+        return cls(data, path)
+
+    def __repr__(self):  # never show the data: it holds secrets
+        return f"Settings({self.path})"
+
+    def get(self, *keys, default=None):
+        value = _dig(self.data, "cloudmesh", *keys)
+        return default if value is None else value
+
+    # ---- EMR defaults -------------------------------------------------------------
+
+    def emr_default(self, key):
+        return self.get("emr", "default", key, default=EMR_DEFAULTS[key])
+
+    def cloud(self, requested=None):
+        """The cloud to use: --cloud, else cloudmesh.emr.default.cloud, else aws."""
+        name = requested or self.emr_default("cloud")
+        if not isinstance(name, str) or not name.strip():
+            raise UsageError("--cloud needs a name, such as aws or local")
+        return name.strip()
+
+    # ---- AWS --------------------------------------------------------------------
+
+    def credentials(self, cloud):
+        """The ``credentials`` block of cloud ``cloud``; the emulator's when cloud is local."""
+        block = self.get("cloud", cloud, "credentials", default={})
+        if not isinstance(block, dict):
+            raise UsageError(f"cloudmesh.cloud.{cloud}.credentials in {self.path} is not a mapping")
+        if cloud == LOCAL:
+            block = {**LOCAL_CREDENTIALS, **block}
+        return block
+
+    def boto_options(self, cloud):
+        """Keyword arguments for ``boto3.session.Session`` and clients of cloud ``cloud``.
+
+        Only keys that are set are returned, so boto3's own chain fills the rest.
+        For the local cloud the endpoint is the running emulator's unless the
+        profile names one.
+        """
+        block = self.credentials(cloud)
+        session = {}
+        if block.get("EC2_ACCESS_ID") and block.get("EC2_SECRET_KEY"):
+            session["aws_access_key_id"] = str(block["EC2_ACCESS_ID"])
+            session["aws_secret_access_key"] = str(block["EC2_SECRET_KEY"])
+        if block.get("region"):
+            session["region_name"] = str(block["region"])
+        endpoint = block.get("endpoint")
+        if not endpoint and cloud == LOCAL:
+            from cloudmesh.emr.local import control
+
+            endpoint = control.require_endpoint()
+        return session, (check_endpoint(cloud, str(endpoint)) if endpoint else None)
+
+    # ---- database ---------------------------------------------------------------
+
+    def mongo(self):
+        block = self.get("data", "mongo", default={})
+        settings = dict(MONGO_DEFAULTS)
+        if isinstance(block, dict):
+            settings.update({k: v for k, v in block.items() if v not in (None, "")})
+        mode = str(settings["MODE"]).lower()
+        if mode not in ("embedded", "native"):
+            raise UsageError(
+                f"cloudmesh.data.mongo.MODE is '{settings['MODE']}': use embedded or native"
+            )
+        settings["MODE"] = mode
+        try:
+            settings["MONGO_PORT"] = int(settings["MONGO_PORT"])
+        except (TypeError, ValueError):
+            raise UsageError("cloudmesh.data.mongo.MONGO_PORT must be a port number") from None
+        return settings
+
+    # ---- REST service -----------------------------------------------------------
+
+    def server_token(self):
+        token = self.get("emr", "server", "token")
+        return str(token) if token else None
+
+    def local_delay(self):
+        """Seconds per lifecycle step of the emulator (STARTING -> BOOTSTRAPPING -> ...)."""
+        value = os.environ.get("CLOUDMESH_EMR_LOCAL_DELAY") or self.get("emr", "local", "delay")
+        if value in (None, ""):
+            return 1.0
+        try:
+            delay = float(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"the emulator delay '{value}' is not a number of seconds") from None
+        if delay < 0:
+            raise UsageError(f"the emulator delay '{value}' must not be negative")
+        return delay

@@ -1,0 +1,55 @@
+"""The failures a user can cause or meet, each with its exit code and HTTP status.
+
+Every layer raises these; the command turns one into a single ``ERROR:`` line and
+its exit code, the REST service into an ``application/problem+json`` answer.
+Anything else that escapes is a defect, not a user's doing.
+"""
+
+
+class EmrError(Exception):
+    """A failure with a message that says what was wrong and what to do."""
+
+    exit_code = 1
+    http_status = 502
+    title = "Operation failed"
+
+    def __init__(self, message, **detail):
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class UsageError(EmrError):
+    """Bad input: a value the user gave is not one we accept."""
+
+    exit_code = 2
+    http_status = 400
+    title = "Bad request"
+
+
+class NotFound(EmrError):
+    """The cluster, step, bucket or file does not exist."""
+
+    http_status = 404
+    title = "Not found"
+
+
+class Conflict(EmrError):
+    """The resource is in a state that refuses the operation (termination protection)."""
+
+    http_status = 409
+    title = "Conflict"
+
+
+class AwsError(EmrError):
+    """AWS (or the endpoint standing in for it) said no, or could not be reached."""
+
+    http_status = 502
+    title = "AWS request failed"
+
+
+class DatabaseError(EmrError):
+    """The results database could not be reached or refused a write."""
+
+    http_status = 503
+    title = "Database unavailable"

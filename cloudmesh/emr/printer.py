@@ -1,0 +1,212 @@
+"""The five output formats: table, csv, json, yaml and dict.
+
+table and csv carry a fixed set of columns per kind of record; json, yaml and dict
+carry whole records. json is valid JSON with ISO-8601 datetimes; dict is a Python
+literal that ``ast.literal_eval`` reads, for shell scripts. The printer knows the
+shapes of records, never how they were fetched.
+"""
+
+import datetime
+import shlex
+
+from cloudmesh.emr.errors import UsageError
+
+FORMATS = ("table", "csv", "json", "yaml", "dict")
+
+
+def check_format(fmt, default="table"):
+    fmt = (fmt or default).lower()
+    if fmt not in FORMATS:
+        raise UsageError(f"--format: '{fmt}' is not a format; use one of: {', '.join(FORMATS)}")
+    return fmt
+
+
+def dig(record, path):
+    for key in path.split("."):
+        if not isinstance(record, dict):
+            return None
+        record = record.get(key)
+    return record
+
+
+def when(value):
+    """A datetime as ISO-8601 UTC to the second, for tables and csv."""
+    if isinstance(value, datetime.datetime):
+        value = value.astimezone(datetime.timezone.utc).replace(microsecond=0)
+        return value.isoformat().replace("+00:00", "Z")
+    return value
+
+
+def step_reason(step):
+    failure = dig(step, "Status.FailureDetails") or {}
+    parts = [failure.get("Reason"), failure.get("Message")]
+    text = ": ".join(p for p in parts if p)
+    return text or dig(step, "Status.StateChangeReason.Message")
+
+
+def step_command(step):
+    args = dig(step, "Config.Args") or []
+    jar = dig(step, "Config.Jar")
+    words = ([] if jar in (None, "", "command-runner.jar") else [jar]) + list(args)
+    return shlex.join(str(word) for word in words)
+
+
+def action_result(action):
+    if action.get("Error"):
+        return f"error: {action['Error']['Message']}"
+    return "ok"
+
+
+# kind -> [(header, dotted path or function of the record)]
+COLUMNS = {
+    "cluster": [
+        ("Id", "Id"), ("Name", "Name"), ("State", "Status.State"),
+        ("Reason", "Status.StateChangeReason.Message"),
+        ("Created", "Status.Timeline.CreationDateTime"), ("Hours", "NormalizedInstanceHours"),
+    ],
+    "instance": [
+        ("Id", "Id"), ("EC2 id", "Ec2InstanceId"), ("Group", "InstanceGroupType"),
+        ("State", "Status.State"), ("Market", "Market"), ("Type", "InstanceType"),
+        ("Private DNS", "PrivateDnsName"),
+    ],
+    "step": [
+        ("Id", "Id"), ("Name", "Name"), ("State", "Status.State"), ("Reason", step_reason),
+        ("Created", "Status.Timeline.CreationDateTime"), ("Command", step_command),
+    ],
+    "action": [
+        ("Action", "Action"), ("Target", "Target"), ("Cluster", "ClusterId"),
+        ("Result", action_result), ("Time", "Time"),
+    ],
+}
+
+
+def cell(record, column):
+    value = column(record) if callable(column) else dig(record, column)
+    value = when(value)
+    return "" if value is None else value
+
+
+def rows(records, kind):
+    columns = COLUMNS[kind]
+    return [h for h, _ in columns], [[cell(r, c) for _, c in columns] for r in records]
+
+
+def _join(items):
+    return ", ".join(str(item) for item in items if item)
+
+
+def describe_rows(cluster):
+    """The (field, value) pairs of describe's two-column table."""
+    groups = cluster.get("InstanceGroups") or cluster.get("InstanceFleets") or []
+    sizes = []
+    for group in groups:
+        role = group.get("InstanceGroupType") or group.get("InstanceFleetType")
+        kind = group.get("InstanceType") or _join(
+            spec.get("InstanceType") for spec in group.get("InstanceTypeSpecifications", [])
+        )
+        running = group.get("RunningInstanceCount", group.get("ProvisionedOnDemandCapacity"))
+        requested = group.get("RequestedInstanceCount", group.get("TargetOnDemandCapacity"))
+        sizes.append(f"{role}: {running}/{requested} x {kind}")
+    apps = [f"{a.get('Name')} {a.get('Version') or ''}".strip()
+            for a in cluster.get("Applications", [])]
+    fields = [
+        ("Id", cluster.get("Id")),
+        ("Name", cluster.get("Name")),
+        ("State", dig(cluster, "Status.State")),
+        ("Reason", dig(cluster, "Status.StateChangeReason.Message")),
+        ("Region", cluster.get("Region")),
+        ("Availability zone", dig(cluster, "Ec2InstanceAttributes.Ec2AvailabilityZone")),
+        ("Release", cluster.get("ReleaseLabel")),
+        ("Applications", _join(apps)),
+        ("Instances (running/requested)", "; ".join(sizes)),
+        ("Master public DNS", cluster.get("MasterPublicDnsName")),
+        ("Normalized hours", cluster.get("NormalizedInstanceHours")),
+        ("Created", dig(cluster, "Status.Timeline.CreationDateTime")),
+        ("Ready", dig(cluster, "Status.Timeline.ReadyDateTime")),
+        ("Ended", dig(cluster, "Status.Timeline.EndDateTime")),
+        ("Log URI", cluster.get("LogUri")),
+        ("Termination protected", cluster.get("TerminationProtected")),
+        ("Auto-terminate", cluster.get("AutoTerminate")),
+        ("Step concurrency", cluster.get("StepConcurrencyLevel")),
+    ]
+    return [(field, "" if value is None else when(value)) for field, value in fields]
+
+
+def plain(value):
+    """Records with datetimes as ISO-8601 strings: what json and dict can carry."""
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _table(headers, body):
+    from tabulate import tabulate
+
+    return tabulate(body, headers=headers, tablefmt="simple", disable_numparse=True)
+
+
+def _csv(headers, body):
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(headers)
+    writer.writerows(body)
+    return out.getvalue().rstrip("\n")
+
+
+def _whole(data, fmt):
+    if fmt == "json":
+        import json
+
+        return json.dumps(plain(data), indent=2)
+    if fmt == "yaml":
+        import yaml
+
+        return yaml.safe_dump(plain(data), sort_keys=False, default_flow_style=False).rstrip("\n")
+    import pprint
+
+    return pprint.pformat(plain(data), width=100, sort_dicts=False)
+
+
+def render(records, kind, fmt="table"):
+    """A list of records of one kind, in format ``fmt``."""
+    fmt = check_format(fmt)
+    if fmt in ("json", "yaml", "dict"):
+        return _whole(records, fmt)
+    headers, body = rows(records, kind)
+    return _table(headers, body) if fmt == "table" else _csv(headers, body)
+
+
+def render_one(record, fmt="table", pairs=None):
+    """One record: whole in json/yaml/dict, else its (field, value) pairs in two columns."""
+    fmt = check_format(fmt)
+    if fmt in ("json", "yaml", "dict"):
+        return _whole(record, fmt)
+    pairs = pairs if pairs is not None else [(k, when(v)) for k, v in record.items()
+                                             if not isinstance(v, (dict, list))]
+    body = [[field, "" if value is None else value] for field, value in pairs]
+    return _table(["Field", "Value"], body) if fmt == "table" else _csv(["Field", "Value"], body)
+
+
+class Progress:
+    """A progress bar on stderr for boto3's transfer callback (tqdm)."""
+
+    def __init__(self, total, label):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                        desc=label, leave=False)
+
+    def __call__(self, sent):
+        self.bar.update(sent)
+
+    def close(self):
+        self.bar.close()
