@@ -35,6 +35,7 @@ setup(
         "server": ["connexion[flask,swagger-ui,uvicorn]>=3.1"],
         "test": [
             "pytest>=8",
+            "pytest-timeout>=2.2",
             "moto[server]>=5.1",
             "connexion[flask,swagger-ui,uvicorn]>=3.1",
             "schemathesis>=3.30",

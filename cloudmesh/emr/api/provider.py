@@ -85,11 +85,13 @@ def check_bucket(bucket, key):
 class Provider:
     """EMR and S3 for one cloud (a cloudmesh.yaml profile, or boto3's own chain)."""
 
-    def __init__(self, cloud=None, settings=None, database=None):
+    def __init__(self, cloud=None, settings=None, database=None, clients=None):
+        """``database`` and ``clients`` (a dict) may be shared by many Providers of one
+        cloud, as the REST service does with one Provider per request."""
         self.settings = settings or Settings.load()
         self.cloud = self.settings.cloud(cloud)
         self._database = database
-        self._clients = {}
+        self._clients = {} if clients is None else clients
         self._endpoint = None
         self.warnings = []
         self.database_error = None
@@ -424,14 +426,23 @@ class Provider:
 
     def upload(self, filename, bucket, key, progress=None):
         """Send a local file to s3://bucket/key with boto3's transfer manager."""
-        self.warnings = []
-        url = check_bucket(bucket, key)
         path = os.path.abspath(os.path.expanduser(str(filename)))
         if not os.path.isfile(path):
             raise UsageError(f"'{filename}' is not a file; upload takes a regular file")
         if not os.access(path, os.R_OK):
             raise UsageError(f"'{filename}' is not readable")
-        size = os.path.getsize(path)
+        return self._put(bucket, key, {"File": path, "Size": os.path.getsize(path)},
+                         lambda s3, config: s3.upload_file(path, bucket, key, Config=config,
+                                                           Callback=progress))
+
+    def upload_stream(self, stream, bucket, key, name=None):
+        """Send the bytes of a readable binary stream to s3://bucket/key (the REST upload)."""
+        return self._put(bucket, key, {"File": name},
+                         lambda s3, config: s3.upload_fileobj(stream, bucket, key, Config=config))
+
+    def _put(self, bucket, key, request, send):
+        self.warnings = []
+        url = check_bucket(bucket, key)
         s3 = self.client("s3")
         with self._aws(f"find bucket {bucket}"):
             import botocore.exceptions as bx
@@ -448,11 +459,11 @@ class Provider:
                 raise
         from boto3.s3.transfer import TransferConfig
 
-        with self._aws(f"upload {filename} to {url}"):
-            s3.upload_file(path, bucket, key, Config=TransferConfig(), Callback=progress)
+        with self._aws(f"upload to {url}"):
+            send(s3, TransferConfig())
             head = s3.head_object(Bucket=bucket, Key=key)
-        return self._action("upload", url, request={"File": path, "Bucket": bucket, "Key": key,
-                                                    "Size": size},
+        return self._action("upload", url,
+                            request={**request, "Bucket": bucket, "Key": key},
                             response={"ETag": head.get("ETag"),
                                       "ContentLength": head.get("ContentLength")})
 

@@ -1,0 +1,132 @@
+"""`make demo`: the whole EMR lifecycle on the local emulator, one printed command at a time.
+
+It starts the embedded database and the emulator (unless they already run),
+starts a cluster, uploads a PySpark word count and a sample text, runs it with
+s3:// input and output, waits for the step, reads the top words back from the
+emulated S3, stops the cluster, and stops what it started. No AWS account needed.
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BUCKET = "cloudmesh-emr-demo"
+CMS = Path(sys.executable).parent / "cms"
+STEP_DONE = ("COMPLETED", "FAILED", "CANCELLED", "INTERRUPTED")
+
+
+def cms(*args, quiet=False, check=True):
+    """Run `cms ARGS`, showing the command (and its output unless quiet); return stdout."""
+    words = ["cms", *map(str, args)]
+    if not quiet:
+        print(f"\n$ {shlex.join(words)}", flush=True)
+    done = subprocess.run([str(CMS), *map(str, args)], capture_output=True, text=True)
+    if not quiet and done.stdout.strip():
+        print(done.stdout.rstrip(), flush=True)
+    if done.stderr.strip():
+        print(done.stderr.rstrip(), file=sys.stderr, flush=True)
+    if check and done.returncode != 0:
+        raise SystemExit(f"demo stopped: '{shlex.join(words)}' exited {done.returncode}")
+    return done.stdout.strip()
+
+
+def say(text):
+    print(f"\n# {text}", flush=True)
+
+
+def s3_client():
+    """boto3 on the emulator's S3, for the two things cms leaves to S3 tools (mb, cat)."""
+    import boto3
+
+    from cloudmesh.emr.local import control
+
+    return boto3.client("s3", endpoint_url=control.require_endpoint(), region_name="us-east-1",
+                        aws_access_key_id="local", aws_secret_access_key="local")
+
+
+def wait_for_step(cluster, step, limit=300):
+    deadline = time.monotonic() + limit
+    last = None
+    while time.monotonic() < deadline:
+        steps = json.loads(cms("emr", "list", "steps", cluster, "--cloud=local", "--format=json",
+                               quiet=True))
+        state = next(s["Status"]["State"] for s in steps if s["Id"] == step)
+        if state != last:
+            print(f"  step {step}: {state}", flush=True)
+            last = state
+        if state in STEP_DONE:
+            return state
+        time.sleep(1)
+    raise SystemExit(f"demo stopped: step {step} did not finish within {limit} s")
+
+
+def main():
+    from cloudmesh.emr.database import Database
+    from cloudmesh.emr.local import control
+
+    started = time.monotonic()
+    db_was_running = Database().server is not None and Database().server.running() is not None
+    emulator_was_running = control.endpoint() is not None
+    cluster = None
+    try:
+        say("the embedded database records every result; the emulator speaks the EMR and S3 APIs")
+        cms("emr", "db", "start")
+        cms("emr", "local", "start")
+
+        say("start a Spark cluster: the same command works on AWS without --cloud=local")
+        cluster = cms("emr", "start", "demo", "--count=3", "--cloud=local")
+        cms("emr", "list", "clusters", "--status=active", "--cloud=local")
+
+        say(f"a bucket for program, data and results (on AWS: aws s3 mb s3://{BUCKET})")
+        s3 = s3_client()
+        s3.create_bucket(Bucket=BUCKET)
+
+        cms("emr", "upload", HERE / "wordcount.py", BUCKET, "wordcount.py", "--cloud=local")
+        cms("emr", "upload", HERE / "data" / "sample.txt", BUCKET, "input/sample.txt",
+            "--cloud=local")
+
+        say("copy the program onto the master node, then run it with spark-submit")
+        copy = cms("emr", "copy", cluster, BUCKET, "wordcount.py", "--cloud=local")
+        step = cms("emr", "run", cluster, BUCKET, "wordcount.py",
+                   f"s3://{BUCKET}/input/sample.txt", f"s3://{BUCKET}/output/", "--cloud=local")
+        say("wait for the step (cms emr list steps shows its state)")
+        wait_for_step(cluster, copy)
+        state = wait_for_step(cluster, step)
+        cms("emr", "list", "steps", cluster, "--cloud=local")
+        if state != "COMPLETED":
+            raise SystemExit(f"demo stopped: the word count ended {state}; see the Reason above")
+
+        say(f"the top words, read back from s3://{BUCKET}/output/")
+        lines = []
+        for item in s3.list_objects_v2(Bucket=BUCKET, Prefix="output/").get("Contents", []):
+            if Path(item["Key"]).name.startswith("part-"):
+                body = s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read().decode()
+                lines.extend(line for line in body.splitlines() if line.strip())
+        counts = sorted((line.split("\t") for line in lines), key=lambda p: -int(p[1]))
+        for word, count in counts[:10]:
+            print(f"  {count:>5}  {word}")
+
+        cms("emr", "describe", cluster, "--cloud=local")
+        cms("emr", "list", "instances", cluster, "--cloud=local")
+        say("stop the cluster: on AWS this is what stops the bill")
+        cms("emr", "stop", cluster, "--cloud=local")
+        cluster = None
+        cms("emr", "db", "status")
+    finally:
+        if cluster:
+            cms("emr", "stop", cluster, "--cloud=local", check=False)
+        if not emulator_was_running:
+            cms("emr", "local", "stop", "--force", check=False)
+        if not db_was_running:
+            cms("emr", "db", "stop", check=False)
+    print(f"\ndemo finished in {time.monotonic() - started:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
