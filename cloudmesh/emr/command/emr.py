@@ -85,6 +85,12 @@ class EmrCommand(PluginCommand):
           cloudmesh.yaml when it sets them. Exit codes: 0 success, 1 the
           operation failed, 2 bad input.
         """
+        if arguments is None:  # the cloudmesh shell hands over the rest of the line
+            import shlex
+
+            words = shlex.split(args) if isinstance(args, str) else list(args or [])
+            self.exit_code = self.run(words)
+            return None  # a true value would end the cloudmesh shell's command loop
         return self.execute(arguments)
 
     # ---- parsing ---------------------------------------------------------------------
@@ -98,12 +104,14 @@ class EmrCommand(PluginCommand):
     @classmethod
     def parse(cls, argv):
         """docopt's dictionary for ``emr ARGV``; UsageError when it fits no usage."""
+        import inspect
+
         from docopt import DocoptExit, docopt
 
-        from cloudmesh.emr import __version__
-
+        # docopt-ng calls it default_help; classic docopt (which cmd5 pins) calls it help
+        flag = "default_help" if "default_help" in inspect.signature(docopt).parameters else "help"
         try:
-            return docopt(cls.usage(), argv=list(argv), default_help=False, version=None)
+            return docopt(cls.usage(), argv=list(argv), version=None, **{flag: False})
         except DocoptExit:
             given = " ".join(argv) or "nothing"
             raise UsageError(
