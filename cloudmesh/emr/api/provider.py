@@ -90,6 +90,7 @@ class Provider:
         cloud, as the REST service does with one Provider per request."""
         self.settings = settings or Settings.load()
         self.cloud = self.settings.cloud(cloud)
+        self.settings.mongo()  # a bad database setting is bad input: say so before calling AWS
         self._database = database
         self._clients = {} if clients is None else clients
         self._endpoint = None
@@ -159,7 +160,10 @@ class Provider:
 
     def _client_error(self, error, what):
         code = error.response.get("Error", {}).get("Code", "Unknown")
-        message = error.response.get("Error", {}).get("Message", str(error))
+        message = " ".join(str(error.response.get("Error", {}).get("Message", error)).split())
+        if message.startswith("<"):  # an HTML error page from a proxy or a local endpoint
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", code)
+            message = f"the endpoint answered HTTP {status}"
         if code in DENIED:
             return AwsError(
                 f"AWS refused to {what} for cloud '{self.cloud}' ({code}: {message}); "
@@ -290,41 +294,41 @@ class Provider:
 
     def _check_instance_types(self, release, wanted):
         """Refuse types the release does not support or that have a single vCPU."""
-        emr = self.client("emr")
         import botocore.exceptions as bx
 
+        emr = self.client("emr")
         supported = {}
-        try:
-            marker = None
-            while True:
-                page = emr.list_supported_instance_types(
-                    ReleaseLabel=release, **({"Marker": marker} if marker else {})
-                )
-                for item in page.get("SupportedInstanceTypes", []):
-                    supported[item["Type"]] = item
-                marker = page.get("Marker")
-                if not marker:
-                    break
-        except bx.ClientError as error:
-            code = error.response.get("Error", {}).get("Code", "")
-            if code in DENIED:
-                self.warnings.append(
-                    f"cannot check instance types ({code}); starting without the check"
-                )
-                return
-            if code in ("ValidationException", "InvalidRequestException"):
-                raise UsageError(
-                    f"--release: '{release}' is not a release label EMR knows in "
-                    f"{self.region}: {error.response['Error'].get('Message', code)}"
-                ) from None
-            raise self._client_error(error, "list supported instance types") from None
-        except (bx.BotoCoreError) as error:
-            raise AwsError(f"cannot list supported instance types: {error}") from None
+        with self._aws(f"list the instance types {release} supports"):
+            try:
+                marker = None
+                while True:
+                    page = emr.list_supported_instance_types(
+                        ReleaseLabel=release, **({"Marker": marker} if marker else {})
+                    )
+                    for item in page.get("SupportedInstanceTypes", []):
+                        supported[item["Type"]] = item
+                    marker = page.get("Marker")
+                    if not marker:
+                        break
+            except bx.ClientError as error:
+                code = error.response.get("Error", {}).get("Code", "")
+                if code in DENIED:
+                    self.warnings.append(
+                        f"cannot check instance types ({code}); starting without the check"
+                    )
+                    return
+                if code in ("ValidationException", "InvalidRequestException"):
+                    raise UsageError(
+                        f"--release: '{release}' is not a release label EMR knows in "
+                        f"{self.region}: {error.response['Error'].get('Message', code)}"
+                    ) from None
+                raise
         for option, name in wanted:
             item = supported.get(name)
             if item is None:
                 family = name.split(".")[0]
-                similar = sorted(t for t in supported if t.startswith(family + "."))[:6]
+                similar = sorted((t for t in supported if t.startswith(family + ".")),
+                                 key=lambda t: (int(supported[t].get("VCPU") or 0), t))[:6]
                 hint = f"; {family} types it supports: {', '.join(similar)}" if similar else ""
                 raise UsageError(f"{option}: {name} is not supported by {release} in "
                                  f"{self.region}{hint}")

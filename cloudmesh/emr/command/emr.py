@@ -24,7 +24,8 @@ def say(line=""):
 
 
 def warn(line):
-    print(line, file=sys.stderr, flush=True)
+    """One line on stderr, whatever the message held."""
+    print(" ".join(str(line).split()), file=sys.stderr, flush=True)
 
 
 class EmrCommand(PluginCommand):
