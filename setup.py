@@ -43,7 +43,6 @@ setup(
     },
     entry_points={"console_scripts": ["cms = cloudmesh.emr.shell:run"]},
     classifiers=[
-        "License :: OSI Approved :: Apache Software License",
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3.10",
         "Programming Language :: Python :: 3.11",
