@@ -1,0 +1,214 @@
+"""What a command-runner.jar step asks for, and how the emulator runs it on this machine.
+
+Pure functions only (no I/O): they turn a step's arguments into a plan that the step
+runner (``steps.py``) carries out. Two commands are supported, the two that
+``cms emr run`` and ``cms emr copy`` submit:
+
+* ``spark-submit [OPTIONS] APP [ARGS]``: rewritten to run pyspark's own spark-submit
+  with ``--master local[*]`` on 127.0.0.1. Every ``s3://bucket/key`` in an argument
+  becomes a path in a local mirror of the emulated S3, and ``/home/hadoop/...``
+  becomes a path in the cluster's master folder.
+* ``aws s3 cp [--recursive] SOURCE DEST``: copies between the emulated S3 and the
+  cluster's master folder (``/home/hadoop/`` maps into it).
+"""
+
+import posixpath
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOME = "/home/hadoop"  # the master node's home folder, as steps name it
+
+# s3://, s3a:// and s3n:// all name S3 on EMR; bucket names are DNS-like
+S3_URI = re.compile(r"\bs3[an]?://([A-Za-z0-9][A-Za-z0-9._-]*)(/[^\s,;]*)?")
+GLOB = re.compile(r"[*?\[{]")
+
+# spark-submit options that take no value (all others take one)
+SPARK_FLAGS = {"--verbose", "-v", "--supervise", "--help", "-h", "--version", "--usage-error"}
+
+# what the emulator adds to every spark-submit: Spark stays on 127.0.0.1, no web UI
+SPARK_LOCAL_CONF = (
+    "spark.ui.enabled=false",
+    "spark.driver.host=127.0.0.1",
+    "spark.driver.bindAddress=127.0.0.1",
+)
+
+S3_CP_FLAGS = {"--recursive", "--quiet", "--only-show-errors", "--no-progress"}
+
+
+class StepFailure(Exception):
+    """The step cannot run or did not succeed; becomes the step's FailureDetails."""
+
+    def __init__(self, reason, message):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class S3Ref:
+    """One ``s3://bucket/key`` named by a step, and where its mirror lives locally."""
+
+    uri: str
+    bucket: str
+    key: str  # may end with "/" (a prefix), be empty (the whole bucket) or hold wildcards
+    root: Path  # the mirror of S3: root/bucket/key
+
+    @property
+    def local(self):
+        """The local path that stands for the URI (wildcards kept, for Spark to expand)."""
+        return mirror_path(self.root, self.bucket, self.key)
+
+    @property
+    def prefix(self):
+        """The part of the key before any wildcard: what to download."""
+        match = GLOB.search(self.key)
+        if not match:
+            return self.key
+        return self.key[: self.key.rfind("/", 0, match.start()) + 1]
+
+    @property
+    def watch(self):
+        """The local file or folder whose new files are uploaded after the step."""
+        return mirror_path(self.root, self.bucket, self.prefix)
+
+
+def mirror_path(root, bucket, key):
+    """``root/bucket/key`` with the key normalised so that it cannot leave ``root``."""
+    clean = posixpath.normpath("/" + key.strip("/")).lstrip("/") if key.strip("/") else ""
+    path = Path(root) / bucket
+    return path / clean if clean else path
+
+
+def master_path(master, path):
+    """The local file that stands for ``path`` on the master node (relative to HOME)."""
+    emulated = posixpath.normpath(posixpath.join(HOME, path))
+    return Path(master) / emulated.lstrip("/")
+
+
+def split_s3(uri):
+    """``s3://bucket/key`` -> (bucket, key); None when ``uri`` is not an S3 URI."""
+    match = S3_URI.fullmatch(uri)
+    if not match:
+        return None
+    return match.group(1), (match.group(2) or "/")[1:]
+
+
+@dataclass
+class SparkPlan:
+    """The spark-submit arguments to run (without the program) and the S3 data they use."""
+
+    args: list
+    refs: list = field(default_factory=list)
+
+
+def spark_plan(args, mirror, master):
+    """Rewrite the arguments of ``spark-submit`` for a local run.
+
+    ``args`` are the step's arguments after ``spark-submit``; ``mirror`` is the folder
+    that holds the local copy of S3 (``mirror/bucket/key``); ``master`` the cluster's
+    master folder. ``--deploy-mode`` and any non-local ``--master`` are dropped,
+    ``--master local[*]`` is used unless a local master was asked for, and the
+    emulator's own settings come last so that they win.
+    """
+    refs = {}
+
+    def to_local(match):
+        bucket, key = match.group(1), (match.group(2) or "/")[1:]
+        ref = refs.setdefault((bucket, key), S3Ref(match.group(0), bucket, key, Path(mirror)))
+        return str(ref.local) + ("/" if key.endswith("/") else "")
+
+    def rewrite(token):
+        path = token[len("file://") :] if token.startswith("file://" + HOME) else token
+        if path == HOME or path.startswith(HOME + "/"):
+            return str(master_path(master, path))
+        return S3_URI.sub(to_local, token)
+
+    options, rest, master_arg = [], [], None
+    index = 0
+    while index < len(args):
+        token = args[index]
+        name, has_value, value = token.partition("=")
+        if name in ("--deploy-mode", "--master"):
+            if not has_value:
+                index += 1
+                value = args[index] if index < len(args) else ""
+            if name == "--master" and value.startswith("local"):
+                master_arg = value
+            index += 1
+            continue
+        if token.startswith("-") and token not in SPARK_FLAGS and not has_value:
+            options += [token, rewrite(args[index + 1]) if index + 1 < len(args) else ""]
+            index += 2
+            continue
+        if token.startswith("-"):
+            options.append(rewrite(token))
+            index += 1
+            continue
+        rest = [rewrite(arg) for arg in args[index:]]
+        break
+    ours = ["--master", master_arg or "local[*]"]
+    for setting in SPARK_LOCAL_CONF:
+        ours += ["--conf", setting]
+    return SparkPlan(options + ours + rest, list(refs.values()))
+
+
+@dataclass
+class CopyPlan:
+    """An ``aws s3 cp``: source and destination, each an S3 URI or an emulated path."""
+
+    source: str
+    dest: str
+    recursive: bool = False
+
+
+def s3_cp_plan(args):
+    """Parse the arguments of ``aws s3 cp`` (after ``cp``)."""
+    positional, recursive = [], False
+    for arg in args:
+        if arg.startswith("--"):
+            if arg not in S3_CP_FLAGS:
+                raise StepFailure(
+                    "Unsupported option",
+                    f"the local emulator's aws s3 cp does not support {arg}; "
+                    f"it knows {', '.join(sorted(S3_CP_FLAGS))}",
+                )
+            recursive = recursive or arg == "--recursive"
+        else:
+            positional.append(arg)
+    if len(positional) != 2:
+        raise StepFailure("Invalid command", "usage: aws s3 cp [--recursive] SOURCE DEST")
+    source, dest = positional
+    if not split_s3(source) and not split_s3(dest):
+        raise StepFailure("Invalid command", "aws s3 cp needs an s3:// source or destination")
+    return CopyPlan(source, dest, recursive)
+
+
+# the last line of a failed program's stderr that names an error: a Python
+# exception ("ValueError: ..."), a Java one ("java.io.IOException: ..."), or
+# "Exception in thread ..."; Spark's own log lines are skipped
+ERROR_LINE = re.compile(
+    r"^(?:Exception in thread .*|[A-Za-z_][\w.$]*(?:Error|Exception|Exit|Interrupt|Failure)"
+    r"(?::.*)?|Error: .*)$"
+)
+LOG_LINE = re.compile(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d (?:INFO|WARN|DEBUG|TRACE) ")
+NOISE = ("WARNING: Using incubator modules",)
+
+
+def last_error_line(*texts):
+    """The line that best says why a program failed, or None.
+
+    ``texts`` in order of preference (stderr, then stdout): the last line that names
+    an error in the first text that has one, else the last line that is not one of
+    Spark's log lines.
+    """
+    outputs = [[line.rstrip() for line in text.splitlines() if line.strip()] for text in texts]
+    for lines in outputs:
+        for line in reversed(lines):
+            if ERROR_LINE.match(line):
+                return line
+    for lines in outputs:
+        for line in reversed(lines):
+            if not LOG_LINE.match(line) and not line.startswith(NOISE) and not line[0].isspace():
+                return line
+    return None

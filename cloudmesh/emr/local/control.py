@@ -1,0 +1,349 @@
+"""Start, inspect and stop the local emulator: ``cms emr local start|status|stop``.
+
+Imported on the CLI's start-up path and by ``config.py``: only the standard library
+at module level (boto3 is imported inside the functions that query the emulator).
+Each function returns a plain dict for the printer. ``state`` (optional everywhere)
+is the emulator's state folder; the default is ``state_dir("local")``, i.e.
+``$CLOUDMESH_CONFIG_DIR/emr/local`` or ``~/.cloudmesh/emr/local``.
+"""
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from cloudmesh.emr.errors import AwsError, Conflict, EmrError, UsageError
+from cloudmesh.emr.local.state import (
+    DAEMON_MODULE,
+    LOG_FILE,
+    LOOPBACK,
+    is_daemon,
+    pid_alive,
+    port_answers,
+    read,
+    remove,
+    running,
+)
+
+ACTIVE_STATES = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING", "TERMINATING"]
+START_TIMEOUT = 60.0  # seconds for a new daemon to serve
+STOP_TIMEOUT = 20.0  # seconds between SIGTERM and SIGKILL
+PORT_HINT = "give a port 1..65535, or 0 (or no --port) for a free one"
+NOT_RUNNING = "the local emulator is not running: start it with 'cms emr local start'"
+
+
+def _state(state=None):
+    if state is not None:
+        return Path(state)
+    from cloudmesh.emr.config import state_dir
+
+    return state_dir("local")
+
+
+def _started(data):
+    try:
+        return datetime.fromisoformat(data["started"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _client(service, endpoint):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        service,
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+        config=Config(
+            retries={"max_attempts": 2, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=30,
+            s3={"addressing_style": "path"},
+        ),
+    )
+
+
+def _port(port):
+    if port is None or port == "":
+        return 0
+    try:
+        number = int(str(port).strip())
+    except ValueError:
+        raise UsageError(f"--port '{port}' is not a number: {PORT_HINT}") from None
+    if not 0 <= number <= 65535:
+        raise UsageError(f"--port {number} is out of range: {PORT_HINT}")
+    return number
+
+
+def _port_free(port):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def _tail(path, lines=3):
+    try:
+        text = Path(path).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text[-lines:])
+
+
+def _info(data, state, already):
+    return {
+        "Endpoint": data.get("endpoint"),
+        "Pid": data.get("pid"),
+        "Port": data.get("port"),
+        "StateDir": str(state),
+        "Log": data.get("log") or str(state / LOG_FILE),
+        "Delay": data.get("delay"),
+        "Started": _started(data),
+        "AlreadyRunning": already,
+    }
+
+
+# ---- the public functions ----------------------------------------------------------
+
+
+def endpoint(state=None):
+    """The running emulator's endpoint URL (``http://127.0.0.1:PORT``), or None."""
+    data = running(_state(state))
+    return data.get("endpoint") if data else None
+
+
+def require_endpoint(state=None):
+    """The running emulator's endpoint; EmrError saying how to start it otherwise."""
+    url = endpoint(state)
+    if not url:
+        raise EmrError(NOT_RUNNING)
+    return url
+
+
+def start(port=None, delay=None, state=None):
+    """Start the daemon detached (or find the running one) and wait until it serves.
+
+    Returns {Endpoint, Pid, Port, StateDir, Log, Delay, Started, AlreadyRunning}.
+    """
+    port = _port(port)
+    state = _state(state)
+    state.mkdir(parents=True, exist_ok=True)
+    with _start_lock(state):
+        return _start(port, delay, state)
+
+
+@contextlib.contextmanager
+def _start_lock(state):
+    """Serialise concurrent starts in one state folder (two shells, one emulator)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(state / "start.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _start(port, delay, state):
+    found = running(state)
+    if found:
+        return _info(found, state, True)
+    if delay is None:
+        from cloudmesh.emr.config import Settings
+
+        delay = Settings.load().local_delay()
+    try:
+        delay = float(delay)
+    except (TypeError, ValueError):
+        raise UsageError(f"the emulator delay '{delay}' is not a number of seconds") from None
+    if delay < 0:
+        raise UsageError(f"the emulator delay '{delay}' must not be negative")
+    if port and not _port_free(port):
+        raise EmrError(
+            f"port {port} on {LOOPBACK} is in use: choose another with --port, "
+            "or leave --port out to take a free one"
+        )
+    log = state / LOG_FILE
+    command = [
+        sys.executable, "-m", DAEMON_MODULE,
+        "--host", LOOPBACK, "--port", str(port), "--state-dir", str(state), "--delay", str(delay),
+    ]
+    with open(log, "ab") as output:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            cwd=state,
+            start_new_session=True,
+            close_fds=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        data = read(state)
+        if data and data.get("pid") == process.pid and port_answers(data.get("port")):
+            return _info(data, state, False)
+        code = process.poll()
+        if code is not None:
+            raise EmrError(
+                f"the local emulator did not start (exit {code}): {_tail(log) or 'no output'}; "
+                f"see {log}"
+            )
+        time.sleep(0.1)
+    _terminate(process.pid)
+    raise EmrError(f"the local emulator did not serve within {START_TIMEOUT:.0f} s; see {log}")
+
+
+def status(state=None):
+    """{Running, Endpoint, Pid, Port, Started, StateDir, Log, Delay, Clusters, StepsRunning}."""
+    state = _state(state)
+    data = running(state)
+    result = {
+        "Running": bool(data),
+        "Endpoint": None,
+        "Pid": None,
+        "Port": None,
+        "Started": None,
+        "StateDir": str(state),
+        "Log": str(state / LOG_FILE),
+        "Delay": None,
+        "Clusters": {},
+        "StepsRunning": 0,
+    }
+    if not data:
+        return result
+    result.update(
+        Endpoint=data.get("endpoint"),
+        Pid=data.get("pid"),
+        Port=data.get("port"),
+        Started=_started(data),
+        Delay=data.get("delay"),
+    )
+    try:
+        clusters = _clusters(data["endpoint"])
+        emr = _client("emr", data["endpoint"])
+        steps_running = sum(
+            len(_steps(emr, cluster["Id"], ["RUNNING"]))
+            for cluster in clusters
+            if cluster["Status"]["State"] in ACTIVE_STATES
+        )
+    except Exception as error:  # botocore's errors, without importing botocore here
+        raise AwsError(
+            f"the local emulator at {data['endpoint']} did not answer ({error}); "
+            f"see {result['Log']}, or restart it with 'cms emr local stop --force'"
+        ) from None
+    counts = {}
+    for cluster in clusters:
+        state_name = cluster["Status"]["State"]
+        counts[state_name] = counts.get(state_name, 0) + 1
+    result["Clusters"] = dict(sorted(counts.items()))
+    result["StepsRunning"] = steps_running
+    return result
+
+
+def stop(force=False, state=None):
+    """Stop the daemon; refuse (Conflict) while clusters are active unless ``force``.
+
+    Returns {Stopped, Pid, Endpoint, Lost}; {Stopped: False, ...} when none runs.
+    """
+    state = _state(state)
+    data = read(state)
+    pid = data.get("pid") if data else None
+    if not data or not pid_alive(pid) or not is_daemon(pid):
+        remove(state)
+        return {"Stopped": False, "Pid": None, "Endpoint": None,
+                "Lost": "nothing: the local emulator is not running"}
+    url = data.get("endpoint")
+    lost = "everything it held in memory: clusters, steps and S3 objects"
+    if port_answers(data.get("port")):
+        clusters = _clusters(url)
+        active = [c["Id"] for c in clusters if c["Status"]["State"] in ACTIVE_STATES]
+        if active and not force:
+            raise Conflict(
+                f"the local emulator has {len(active)} active cluster(s): "
+                f"{', '.join(sorted(active))}; "
+                "stop them with 'cms emr stop CLUSTERID', or use 'cms emr local stop --force'"
+            )
+        lost = _lost(url, clusters)
+    _terminate(int(pid))
+    remove(state, pid)
+    return {"Stopped": True, "Pid": int(pid), "Endpoint": url, "Lost": lost}
+
+
+# ---- helpers of status and stop ------------------------------------------------------
+
+
+def _clusters(url):
+    emr = _client("emr", url)
+    return [c for page in emr.get_paginator("list_clusters").paginate() for c in page["Clusters"]]
+
+
+def _steps(emr, cluster_id, states=None):
+    kwargs = {"ClusterId": cluster_id}
+    if states:
+        kwargs["StepStates"] = states
+    return [s for page in emr.get_paginator("list_steps").paginate(**kwargs) for s in page["Steps"]]
+
+
+def _lost(url, clusters):
+    """What stopping loses, counted: clusters, steps, buckets and objects."""
+    try:
+        emr = _client("emr", url)
+        steps = sum(len(_steps(emr, c["Id"])) for c in clusters)
+        s3 = _client("s3", url)
+        buckets = [b["Name"] for b in s3.list_buckets().get("Buckets", [])]
+        objects = 0
+        for bucket in buckets:
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                objects += page.get("KeyCount", 0)
+    except Exception:  # counting is a courtesy; the daemon still stops
+        return "everything it held in memory: clusters, steps and S3 objects"
+    return (
+        f"{len(clusters)} cluster(s), {steps} step(s), {len(buckets)} bucket(s) with "
+        f"{objects} S3 object(s), all held in memory only"
+    )
+
+
+def _terminate(pid):
+    """SIGTERM, wait up to STOP_TIMEOUT, then SIGKILL."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not pid_alive(pid):
+            return
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    for _ in range(50):
+        _reap(pid)
+        if not pid_alive(pid):
+            return
+        time.sleep(0.1)
+
+
+def _reap(pid):
+    """Collect the exit status when the daemon is our own child (started by start())."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except (ChildProcessError, OSError):
+        pass

@@ -1,0 +1,170 @@
+"""The emulator's daemon: EMR and S3 on 127.0.0.1, with the lifecycle engine beside them.
+
+    python -m cloudmesh.emr.local.daemon [--host 127.0.0.1] [--port PORT]
+                                         [--state-dir DIR] [--delay SECONDS]
+
+One process serves the EMR and S3 wire APIs with moto's ThreadedMotoServer (any
+AWS client works against it: boto3, the AWS CLI, ``cms emr --cloud=local``), runs
+the lifecycle engine in a thread, and runs steps as child processes. ``--port 0``
+(the default) takes a free port. It listens on 127.0.0.1 only and refuses any other
+host. Once it serves, it writes ``<state dir>/daemon.json`` ({pid, host, port,
+endpoint, started, delay, state_dir, log}); on SIGTERM or SIGINT it stops the step
+processes it started, stops serving, and removes that file. Its state lives in its
+memory: stopping it loses every cluster, step and S3 object.
+
+Environment: CLOUDMESH_EMR_LOCAL_SPARK_SUBMIT names a spark-submit to use instead of
+pyspark's own (read when a step starts); JAVA_HOME / PATH locate java.
+"""
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cloudmesh.emr.local import state
+from cloudmesh.emr.local.state import LOG_FILE, LOOPBACK
+
+log = logging.getLogger("cloudmesh.emr.local")
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m cloudmesh.emr.local.daemon",
+        description="The cloudmesh-emr local EMR emulator (EMR and S3 on 127.0.0.1).",
+    )
+    parser.add_argument("--host", default=LOOPBACK, help="must be 127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 (default): a free port")
+    parser.add_argument("--state-dir", help="default: ~/.cloudmesh/emr/local")
+    parser.add_argument("--delay", type=float, help="seconds per lifecycle transition")
+    args = parser.parse_args(argv)
+    if args.host != LOOPBACK:
+        parser.exit(2, f"ERROR: the local emulator listens on {LOOPBACK} only, not {args.host}\n")
+    if not 0 <= args.port <= 65535:
+        parser.exit(2, f"ERROR: --port {args.port} is not a port (0..65535; 0: a free one)\n")
+    if args.delay is not None and args.delay < 0:
+        parser.exit(2, f"ERROR: --delay {args.delay} must not be negative\n")
+    return args
+
+
+def warm_up(runner):
+    """Answer one EMR and one S3 request before announcing the endpoint.
+
+    moto loads its service models on first use, which takes longer than a
+    lifecycle transition; a client's first RunJobFlow would never see STARTING.
+    """
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ec2.models import ec2_backends
+
+    runner.s3(DEFAULT_ACCOUNT_ID).list_buckets()
+    runner.client("emr", DEFAULT_ACCOUNT_ID).list_clusters()
+    ec2_backends[DEFAULT_ACCOUNT_ID][runner.region]  # moto's EC2 holds the instances
+
+
+def serve(host, port, state_dir, delay):
+    """Run until SIGTERM/SIGINT; return the exit code."""
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    running = state.running(state_dir)
+    if running and running.get("pid") != os.getpid():
+        print(
+            f"ERROR: an emulator already runs for {state_dir} at {running.get('endpoint')} "
+            f"(pid {running.get('pid')}): stop it first",
+            file=sys.stderr,
+        )
+        return 1
+    # a new daemon starts empty: the master folders of earlier clusters are stale
+    shutil.rmtree(state_dir / "clusters", ignore_errors=True)
+
+    # settings that make the boto3 clients inside the daemon talk to it directly
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+        os.environ.pop(name, None)
+    no_proxy = [p for p in os.environ.get("NO_PROXY", "").split(",") if p]
+    os.environ["NO_PROXY"] = ",".join(no_proxy + [LOOPBACK, "localhost"])
+    os.environ["no_proxy"] = os.environ["NO_PROXY"]
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+    from cloudmesh.emr.local import patches
+    from cloudmesh.emr.local.lifecycle import Engine
+    from cloudmesh.emr.local.steps import Runner
+
+    runner = Runner(None, state_dir)
+    engine = Engine(delay, runner.launch)
+    patches.install(engine)  # before the first request
+
+    server, failure = patches.start_server(host, port)
+    if failure:
+        print(f"ERROR: cannot listen on {host}:{port}: {failure}", file=sys.stderr)
+        return 1
+    bound_host, bound_port = server.get_host_and_port()
+    endpoint = f"http://{bound_host}:{bound_port}"
+
+    runner.endpoint = endpoint
+    engine.start()
+
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("signal %s: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    try:
+        warm_up(runner)
+    except Exception as error:
+        print(f"ERROR: the server on {endpoint} does not answer: {error}", file=sys.stderr)
+        engine.stop()
+        server.stop()
+        return 1
+    started = datetime.now(timezone.utc)
+    state.write(
+        state_dir,
+        {
+            "pid": os.getpid(),
+            "host": bound_host,
+            "port": bound_port,
+            "endpoint": endpoint,
+            "started": started.isoformat(),
+            "delay": delay,
+            "state_dir": str(state_dir),
+            "log": str(state_dir / LOG_FILE),
+        },
+    )
+    log.info("serving EMR and S3 on %s (pid %s, %s s per transition)", endpoint, os.getpid(), delay)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        log.info("stopping the step processes")
+        engine.stop()
+        server.stop()
+        state.remove(state_dir, os.getpid())
+        log.info("stopped; clusters, steps and S3 objects held in memory are gone")
+    return 0
+
+
+def main(argv=None):
+    args = parse(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from cloudmesh.emr.config import Settings, state_dir
+
+    try:
+        delay = args.delay if args.delay is not None else Settings.load().local_delay()
+    except Exception as error:  # a bad cloudmesh.yaml: say so, exit as usage error
+        print(f"ERROR: {getattr(error, 'message', error)}", file=sys.stderr)
+        return 2
+    return serve(args.host, args.port, args.state_dir or state_dir("local"), delay)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

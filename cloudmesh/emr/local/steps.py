@@ -1,0 +1,539 @@
+"""The step runner: carries out one command-runner.jar step on this machine.
+
+Each cluster has a master folder under the emulator's state folder that stands in
+for the master node's file system (``/home/hadoop`` is ``<master>/home/hadoop``).
+A step runs in ``<master>/mnt/var/lib/hadoop/steps/<step-id>``, writes its output
+to ``<master>/mnt/var/log/hadoop/steps/<step-id>/{controller,stdout,stderr}``, and
+those logs are gzip'ed to ``<LogUri>/<cluster-id>/steps/<step-id>/`` as EMR does.
+
+``spark-submit`` runs as a child process in its own process group, so that
+cancelling the step (CancelSteps, the cluster terminating, the daemon stopping)
+stops Spark's JVM and its Python workers together. ``aws s3 cp`` runs in-process.
+"""
+
+import gzip
+import importlib.util
+import logging
+import os
+import posixpath
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloudmesh.emr.local.commands import (
+    HOME,
+    StepFailure,
+    last_error_line,
+    master_path,
+    mirror_path,
+    s3_cp_plan,
+    spark_plan,
+    split_s3,
+)
+
+log = logging.getLogger(__name__)
+
+SPARK_SUBMIT_ENV = "CLOUDMESH_EMR_LOCAL_SPARK_SUBMIT"  # another spark-submit to use
+INSTALL_PYSPARK = "pip install 'cloudmesh-emr[local]'"
+LOCAL_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+GRACE = 5.0  # seconds between SIGTERM and SIGKILL when a step is stopped
+
+
+@dataclass
+class Result:
+    ok: bool
+    failure: dict = None
+
+
+def hidden(relative):
+    """Files that are not uploaded: Spark's .crc checksums and other dot files, _temporary."""
+    return any(part.startswith(".") or part == "_temporary" for part in relative.parts)
+
+
+# Spark's PythonRunner merges the driver's stderr into its stdout; EMR users look for
+# a Python traceback in the step's stderr, so the driver runs through this wrapper,
+# which appends its stderr to the step's stderr log.
+DRIVER_WRAPPER = """#!/bin/sh
+# PySpark driver of a cloudmesh-emr local step: stderr to the step's stderr log
+if [ -n "$CLOUDMESH_EMR_STEP_STDERR" ]; then
+  exec "$CLOUDMESH_EMR_PYTHON" "$@" 2>>"$CLOUDMESH_EMR_STEP_STDERR"
+fi
+exec "$CLOUDMESH_EMR_PYTHON" "$@"
+"""
+
+
+class Runner:
+    """What every step run shares: the endpoint, the state folder, S3 clients."""
+
+    def __init__(self, endpoint, state_dir, region="us-east-1"):
+        self.endpoint = endpoint
+        self.clusters_dir = Path(state_dir) / "clusters"
+        self.region = region
+        self._clients = {}
+        self._lock = threading.Lock()
+        self.driver = Path(state_dir) / "bin" / "pyspark-driver"
+        self.driver.parent.mkdir(parents=True, exist_ok=True)
+        self.driver.write_text(DRIVER_WRAPPER)
+        self.driver.chmod(0o755)
+
+    def launch(self, cluster, step, done):
+        return StepRun(self, cluster, step, done)
+
+    def master(self, cluster_id):
+        return self.clusters_dir / cluster_id
+
+    def s3(self, account):
+        """A boto3 S3 client of the emulator itself, acting in ``account``."""
+        return self.client("s3", account)
+
+    def client(self, service, account):
+        """A boto3 client of the emulator itself, acting in ``account``."""
+        with self._lock:
+            if (service, account) not in self._clients:
+                import boto3
+                from botocore.config import Config
+
+                session = boto3.session.Session(region_name=self.region, **LOCAL_CREDENTIALS)
+                client = session.client(
+                    service,
+                    endpoint_url=self.endpoint,
+                    config=Config(
+                        retries={"max_attempts": 3, "mode": "standard"},
+                        s3={"addressing_style": "path"},
+                        connect_timeout=5,
+                        read_timeout=60,
+                    ),
+                )
+
+                def in_account(request, **_):
+                    request.headers["x-moto-account-id"] = account
+
+                client.meta.events.register("before-sign", in_account)
+                self._clients[service, account] = client
+            return self._clients[service, account]
+
+
+def spark_submit():
+    """(program, SPARK_HOME or None) of the spark-submit to run; StepFailure if none."""
+    override = os.environ.get(SPARK_SUBMIT_ENV)
+    if override:
+        if os.path.isfile(override) and os.access(override, os.X_OK):
+            return override, None
+        raise StepFailure(
+            "pyspark is not installed",
+            f"no spark-submit at {override} (set by {SPARK_SUBMIT_ENV}): {INSTALL_PYSPARK} "
+            "where the emulator runs, then restart it",
+        )
+    spec = importlib.util.find_spec("pyspark")
+    if spec is None or not spec.origin:
+        raise StepFailure(
+            "pyspark is not installed",
+            f"spark-submit steps need pyspark where the emulator runs: {INSTALL_PYSPARK}, "
+            "then restart it with 'cms emr local stop' and 'cms emr local start'",
+        )
+    home = Path(spec.origin).parent
+    program = home / "bin" / "spark-submit"
+    if not program.is_file():
+        raise StepFailure(
+            "pyspark is not installed",
+            f"pyspark at {home} has no bin/spark-submit: {INSTALL_PYSPARK}",
+        )
+    return str(program), str(home)
+
+
+def java(env):
+    """The java that spark-submit will run; StepFailure if there is none."""
+    home = env.get("JAVA_HOME")
+    if home and os.access(os.path.join(home, "bin", "java"), os.X_OK):
+        return os.path.join(home, "bin", "java")
+    found = shutil.which("java", path=env.get("PATH"))
+    if found:
+        return found
+    raise StepFailure(
+        "Java is not installed",
+        "spark-submit needs a Java 17 runtime: install Java 17 (for example OpenJDK 17), "
+        "put java on PATH or set JAVA_HOME, then restart the emulator",
+    )
+
+
+class StepRun:
+    """One step being carried out, in its own thread."""
+
+    def __init__(self, runner, cluster, step, done):
+        # read everything from moto's model now, under the engine's lock
+        self.runner = runner
+        self.account = cluster.emr_backend.account_id
+        self.region = cluster.emr_backend.region_name
+        self.cluster_id = cluster.id
+        self.step_id = step.id
+        self.jar = step.jar or ""
+        self.args = [str(arg) for arg in (step.args or [])]
+        self.log_uri = cluster.log_uri
+        self.done = done
+        self.cancelled = False
+        self._kill = None
+        self._process = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._main, name=f"step-{step.id}", daemon=True)
+        self.master = runner.master(cluster.id)
+        self.home = master_path(self.master, HOME)
+        self.workdir = self.master / "mnt/var/lib/hadoop/steps" / step.id
+        self.logdir = self.master / "mnt/var/log/hadoop/steps" / step.id
+
+    # ---- control from the engine ---------------------------------------------------
+
+    def start(self):
+        self._thread.start()
+
+    @property
+    def alive(self):
+        return self._thread.is_alive()
+
+    def join(self, timeout=None):
+        self._thread.join(timeout)
+
+    def cancel(self, kill=False):
+        """Stop the step: SIGTERM to its process group, SIGKILL after GRACE seconds."""
+        with self._lock:
+            self.cancelled = True
+            process = self._process
+            if process is None or process.poll() is not None:
+                return
+            self._signal(signal.SIGKILL if kill else signal.SIGTERM)
+            if not kill and self._kill is None:
+                self._kill = threading.Timer(GRACE, self._signal, (signal.SIGKILL,))
+                self._kill.daemon = True
+                self._kill.start()
+
+    def _signal(self, signum):
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def _stragglers(self):
+        """Once spark-submit has exited, end what it left behind in its process group."""
+        with self._lock:
+            try:
+                os.killpg(self._process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass  # the group is empty: nothing was left behind
+
+    # ---- the run ------------------------------------------------------------------
+
+    def _main(self):
+        result = Result(False, {"Reason": "Internal error of the local emulator",
+                                "Message": "the step runner stopped unexpectedly"})
+        try:
+            result = self._run()
+        except Exception:  # a defect of the emulator: the step must still end
+            log.exception("step %s failed in the emulator", self.step_id)
+        finally:
+            if self._kill is not None:
+                self._kill.cancel()
+            self.done(self, result)
+
+    def _run(self):
+        for folder in (self.home, self.workdir, self.logdir):
+            folder.mkdir(parents=True, exist_ok=True)
+        paths = {name: self.logdir / name for name in ("controller", "stdout", "stderr")}
+        # append mode: the step's processes and the driver wrapper share the files
+        with open(paths["controller"], "a") as ctl, open(paths["stdout"], "a") as out, open(
+            paths["stderr"], "a"
+        ) as err:
+            self.ctl, self.out, self.err = ctl, out, err
+            self.note(f"step {self.step_id} of cluster {self.cluster_id}: {self.jar} {self.args}")
+            try:
+                result = self._execute()
+            except StepFailure as failure:
+                print(failure.message, file=err)
+                result = Result(False, {"Reason": failure.reason, "Message": failure.message})
+            except Exception as error:  # a defect of the emulator: still end the step
+                log.exception("step %s failed in the emulator", self.step_id)
+                message = f"{type(error).__name__}: {error}"
+                print(message, file=err)
+                result = Result(False, {"Reason": "Internal error of the local emulator",
+                                        "Message": message})
+            self.note(f"step ended: {'ok' if result.ok else result.failure}")
+        log_file = self._upload_logs(paths)
+        if result.failure is not None and log_file:
+            result.failure["LogFile"] = log_file
+        return result
+
+    def note(self, line):
+        self.ctl.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+        self.ctl.flush()
+
+    def _execute(self):
+        if os.path.basename(self.jar) != "command-runner.jar":
+            raise StepFailure(
+                "Unsupported step",
+                "the local emulator runs command-runner.jar steps only, "
+                f"not {self.jar or 'no jar'}",
+            )
+        if not self.args:
+            raise StepFailure(
+                "Unsupported step", "command-runner.jar needs a command: spark-submit or aws s3 cp"
+            )
+        if os.path.basename(self.args[0]) == "spark-submit":
+            return self._spark(self.args[1:])
+        if self.args[:3] == ["aws", "s3", "cp"]:
+            return self._copy(self.args[3:])
+        raise StepFailure(
+            "Unsupported step",
+            f"the local emulator runs spark-submit and aws s3 cp steps; "
+            f"'{' '.join(self.args[:3])}' is neither",
+        )
+
+    # ---- spark-submit ---------------------------------------------------------------
+
+    def _spark(self, args):
+        program, spark_home = spark_submit()
+        env = dict(os.environ)
+        java(env)
+        plan = spark_plan(args, self.workdir / "s3", self.master)
+        s3 = self.runner.s3(self.account)
+        for ref in plan.refs:
+            self._download(s3, ref)
+        before = self._snapshot(plan.refs)
+        env.update(SPARK_LOCAL_IP="127.0.0.1", SPARK_LOCAL_HOSTNAME="localhost",
+                   PYTHONUNBUFFERED="1")
+        env.setdefault("PYSPARK_PYTHON", sys.executable)
+        env.update(
+            PYSPARK_DRIVER_PYTHON=str(self.runner.driver),
+            CLOUDMESH_EMR_PYTHON=env["PYSPARK_PYTHON"],
+            CLOUDMESH_EMR_STEP_STDERR=str(self.logdir / "stderr"),
+        )
+        if spark_home:
+            env["SPARK_HOME"] = spark_home
+        command = [program] + plan.args
+        self.note(f"running {command}")
+        self.out.flush()
+        self.err.flush()
+        with self._lock:
+            if self.cancelled:
+                return Result(False)
+            self._process = subprocess.Popen(
+                command,
+                cwd=self.workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=self.out,
+                stderr=self.err,
+                start_new_session=True,
+            )
+        code = self._process.wait()
+        self._stragglers()
+        self.note(f"spark-submit exited with status {code}")
+        if self.cancelled:
+            return Result(False)
+        self._upload_changes(s3, plan.refs, before)
+        if code != 0:
+            self.err.flush()
+            self.out.flush()
+            stderr = (self.logdir / "stderr").read_text(errors="replace")
+            stdout = (self.logdir / "stdout").read_text(errors="replace")
+            reason = f"spark-submit exited with status {code}"
+            raise StepFailure(reason, last_error_line(stderr, stdout) or reason)
+        return Result(True)
+
+    def _download(self, s3, ref):
+        """Mirror the object named by ``ref``, or every object under its prefix."""
+        from botocore.exceptions import ClientError
+
+        prefix = ref.prefix
+        folder = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+        try:
+            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=ref.bucket, Prefix=prefix)
+            keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "NoSuchBucket":
+                return  # nothing to read; writing there fails later, with a clear reason
+            raise
+        for key in keys:
+            if key.endswith("/"):
+                continue  # a "folder" marker
+            if key == prefix and prefix == ref.key:
+                target = ref.local
+            elif key.startswith(folder):
+                target = mirror_path(ref.root, ref.bucket, key)
+            else:
+                continue  # e.g. "output2" for prefix "output"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(ref.bucket, key, str(target))
+            self.note(f"downloaded s3://{ref.bucket}/{key} to {target}")
+
+    @staticmethod
+    def _files(ref):
+        watch = ref.watch
+        if watch.is_file():
+            return [watch]
+        if watch.is_dir():
+            return [path for path in watch.rglob("*") if path.is_file()]
+        return []
+
+    def _snapshot(self, refs):
+        state = {}
+        for ref in refs:
+            for path in self._files(ref):
+                stat = path.stat()
+                state[path] = (stat.st_size, stat.st_mtime_ns)
+        return state
+
+    def _upload_changes(self, s3, refs, before):
+        """Upload the files the step wrote under a mapped S3 path."""
+        from botocore.exceptions import ClientError
+
+        done = set()
+        for ref in refs:
+            for path in self._files(ref):
+                if path in done:
+                    continue
+                done.add(path)
+                relative = path.relative_to(ref.root / ref.bucket)
+                stat = path.stat()
+                if hidden(relative) or before.get(path) == (stat.st_size, stat.st_mtime_ns):
+                    continue
+                key = relative.as_posix()
+                try:
+                    s3.upload_file(str(path), ref.bucket, key)
+                except ClientError as error:
+                    code = error.response.get("Error", {}).get("Code", "")
+                    raise StepFailure(
+                        "Cannot write the output",
+                        f"cannot write s3://{ref.bucket}/{key}: {code or error}",
+                    ) from None
+                self.note(f"uploaded {path} to s3://{ref.bucket}/{key}")
+
+    # ---- aws s3 cp -------------------------------------------------------------------
+
+    def _copy(self, args):
+        from botocore.exceptions import ClientError
+
+        plan = s3_cp_plan(args)
+        s3 = self.runner.s3(self.account)
+        source, dest = split_s3(plan.source), split_s3(plan.dest)
+        try:
+            if source:
+                pairs = self._s3_sources(s3, *source, plan)
+            else:
+                pairs = self._local_sources(plan)
+            for origin, shown, relative in pairs:
+                self._copy_one(s3, origin, shown, relative, dest, plan)
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            raise StepFailure("aws s3 cp failed", f"fatal error: {code}: {error}") from None
+        return Result(True)
+
+    def _s3_sources(self, s3, bucket, key, plan):
+        """[(("s3", bucket, key), shown, relative name)] of what to copy."""
+        from botocore.exceptions import ClientError
+
+        if not plan.recursive:
+            try:
+                s3.head_object(Bucket=bucket, Key=key)
+            except ClientError as error:
+                code = error.response.get("Error", {}).get("Code")
+                if code in ("404", "NoSuchKey", "NoSuchBucket"):
+                    raise StepFailure(
+                        "aws s3 cp failed", f"fatal error: s3://{bucket}/{key} does not exist"
+                    ) from None
+                raise
+            return [(("s3", bucket, key), f"s3://{bucket}/{key}", key.rsplit("/", 1)[-1])]
+        prefix = key.rstrip("/") + "/" if key.strip("/") else ""
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        found = [
+            (("s3", bucket, obj["Key"]), f"s3://{bucket}/{obj['Key']}", obj["Key"][len(prefix):])
+            for page in pages
+            for obj in page.get("Contents", [])
+            if not obj["Key"].endswith("/")
+        ]
+        if not found:
+            raise StepFailure(
+                "aws s3 cp failed", f"fatal error: nothing under s3://{bucket}/{prefix}"
+            )
+        return found
+
+    def _local_sources(self, plan):
+        path = master_path(self.master, plan.source)
+        if plan.recursive and path.is_dir():
+            return [
+                (("file", p), str(plan.source).rstrip("/") + "/" + p.relative_to(path).as_posix(),
+                 p.relative_to(path).as_posix())
+                for p in sorted(path.rglob("*"))
+                if p.is_file()
+            ]
+        if not path.is_file():
+            raise StepFailure(
+                "aws s3 cp failed",
+                f"fatal error: the file {plan.source} does not exist on the master",
+            )
+        return [(("file", path), plan.source, path.name)]
+
+    def _copy_one(self, s3, origin, shown, relative, dest, plan):
+        into_folder = plan.recursive or plan.dest.endswith("/")
+        if dest:  # to S3
+            bucket, key = dest
+            if into_folder or not key:
+                key = (key.rstrip("/") + "/" if key.strip("/") else "") + relative
+            if origin[0] == "s3":
+                s3.copy_object(Bucket=bucket, Key=key,
+                               CopySource={"Bucket": origin[1], "Key": origin[2]})
+                verb = "copy"
+            else:
+                s3.upload_file(str(origin[1]), bucket, key)
+                verb = "upload"
+            print(f"{verb}: {shown} to s3://{bucket}/{key}", file=self.out, flush=True)
+            return
+        target = master_path(self.master, plan.dest)
+        if into_folder or target.is_dir():
+            target = master_path(self.master, posixpath.join(plan.dest, relative))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(origin[1], origin[2], str(target))
+        emulated = "/" + target.relative_to(self.master).as_posix()
+        print(f"download: {shown} to {emulated}", file=self.out, flush=True)
+
+    # ---- logs ------------------------------------------------------------------------
+
+    def _upload_logs(self, paths):
+        """gzip the step's logs to <LogUri>/<cluster>/steps/<step>/; the stderr.gz URI."""
+        where = split_s3(self.log_uri or "")
+        if not where:
+            return None
+        bucket, prefix = where
+        folder = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+        base = f"{folder}{self.cluster_id}/steps/{self.step_id}/"
+        s3 = self.runner.s3(self.account)
+        try:
+            self._ensure_bucket(s3, bucket)
+            for name, path in paths.items():
+                s3.put_object(Bucket=bucket, Key=f"{base}{name}.gz",
+                              Body=gzip.compress(path.read_bytes()))
+        except Exception as error:  # the step's result stands; say where the logs are
+            log.warning("cannot write the logs of step %s to %s: %s",
+                        self.step_id, self.log_uri, error)
+            return str(self.logdir / "stderr")
+        scheme = self.log_uri.split("://", 1)[0]
+        return f"{scheme}://{bucket}/{base}stderr.gz"
+
+    @staticmethod
+    def _ensure_bucket(s3, bucket):
+        from botocore.exceptions import ClientError
+
+        from cloudmesh.emr.local.patches import DEFAULT_LOG_URI
+
+        if split_s3(DEFAULT_LOG_URI)[0] != bucket:
+            return
+        try:
+            s3.head_bucket(Bucket=bucket)
+        except ClientError:
+            s3.create_bucket(Bucket=bucket)
+

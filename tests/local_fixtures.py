@@ -1,0 +1,147 @@
+"""Fixtures of the local EMR emulator (written by the emulator's tests).
+
+``emulator`` (session scope) starts the real daemon, ``python -m
+cloudmesh.emr.local.daemon``, on 127.0.0.1 at a free port with a 0.2 s transition
+delay and its own state folder, and stops it by its PID at the end. Use
+``emulator.client("emr")`` / ``emulator.client("s3")`` for boto3 against it, and
+``emulator.profile()`` for the ``cloudmesh.cloud`` block of a cloudmesh.yaml whose
+cloud ``local`` points at it.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+__all__ = ["EMULATOR_DELAY", "Emulator", "emulator", "start_emulator", "stop_emulator", "wait_for"]
+
+EMULATOR_DELAY = 0.2  # seconds per lifecycle transition in tests
+STARTUP_TIMEOUT = 60.0
+
+
+def wait_for(check, timeout, interval=0.1, what="the condition"):
+    """Poll ``check()`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Emulator:
+    """A running emulator daemon: where it listens, where it keeps state, its PID."""
+
+    endpoint: str
+    state_dir: Path
+    config_dir: Path
+    pid: int
+    log: Path
+    process: subprocess.Popen = field(repr=False, default=None)
+
+    def client(self, service, **config):
+        import boto3
+        from botocore.config import Config
+
+        options = {"retries": {"max_attempts": 2, "mode": "standard"},
+                   "connect_timeout": 5, "read_timeout": 60,
+                   "s3": {"addressing_style": "path"}}
+        options.update(config)
+        return boto3.session.Session().client(
+            service, endpoint_url=self.endpoint, region_name="us-east-1",
+            aws_access_key_id="local", aws_secret_access_key="local", config=Config(**options))
+
+    def profile(self, name="local"):
+        """The ``cloudmesh.cloud`` entries of a cloudmesh.yaml pointing at this emulator."""
+        return {name: {"credentials": {"EC2_ACCESS_ID": "local", "EC2_SECRET_KEY": "local",
+                                       "region": "us-east-1", "endpoint": self.endpoint}}}
+
+    def env(self):
+        """Environment in which ``cms emr --cloud=local`` finds this emulator by itself."""
+        return {**os.environ, "CLOUDMESH_CONFIG_DIR": str(self.config_dir)}
+
+    def master(self, cluster_id):
+        """The folder that stands for the cluster's master node."""
+        return self.state_dir / "clusters" / cluster_id
+
+    def cluster_state(self, cluster_id):
+        emr = self.client("emr")
+        return emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"]
+
+    def wait_cluster(self, cluster_id, states, timeout=30):
+        """Wait until the cluster is in one of ``states``; return its description."""
+        emr = self.client("emr")
+
+        def check():
+            cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
+            return cluster if cluster["Status"]["State"] in states else None
+
+        return wait_for(check, timeout, what=f"cluster {cluster_id} in {states}")
+
+    def wait_step(self, cluster_id, step_id, states, timeout=60):
+        """Wait until the step is in one of ``states``; return its description."""
+        emr = self.client("emr")
+
+        def check():
+            step = emr.describe_step(ClusterId=cluster_id, StepId=step_id)["Step"]
+            return step if step["Status"]["State"] in states else None
+
+        return wait_for(check, timeout, what=f"step {step_id} in {states}")
+
+
+def start_emulator(config_dir, delay=EMULATOR_DELAY, env=None):
+    """Start a daemon in ``config_dir``/emr/local; return an Emulator once it serves."""
+    state = Path(config_dir) / "emr" / "local"
+    state.mkdir(parents=True, exist_ok=True)
+    log = state / "daemon.log"
+    environment = dict(os.environ) if env is None else dict(env)
+    if env is None:  # the real spark-submit, unless a test asks otherwise
+        environment.pop("CLOUDMESH_EMR_LOCAL_SPARK_SUBMIT", None)
+    with open(log, "ab") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cloudmesh.emr.local.daemon", "--host", "127.0.0.1",
+             "--port", "0", "--state-dir", str(state), "--delay", str(delay)],
+            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+            env=environment, start_new_session=True)
+
+    def served():
+        if process.poll() is not None:
+            raise AssertionError(f"the emulator exited with {process.returncode}: "
+                                 f"{log.read_text()[-2000:]}")
+        try:
+            data = json.loads((state / "daemon.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return data if data.get("pid") == process.pid else None
+
+    data = wait_for(served, STARTUP_TIMEOUT, what="the emulator to serve")
+    return Emulator(data["endpoint"], state, Path(config_dir), process.pid, log, process)
+
+
+def stop_emulator(emulator, timeout=30):
+    """Stop the daemon by its PID: SIGTERM, then SIGKILL if it does not end in time."""
+    process = emulator.process
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory):
+    """The local EMR emulator daemon, shared by the session."""
+    running = start_emulator(tmp_path_factory.mktemp("emulator"))
+    yield running
+    stop_emulator(running)
