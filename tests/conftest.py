@@ -47,7 +47,7 @@ def mongo_server(tmp_path_factory):
     server = EmbeddedServer(tmp_path_factory.mktemp("mongo"))
     state, _ = server.start()
     yield state
-    server.stop()
+    server.stop(wait=3)  # throwaway data: no need to wait for connections this process holds
 
 
 @dataclass
