@@ -610,3 +610,15 @@ def test_cms_process_uses_the_emulator_as_cloud_local(emulator, emr, cm, cms_pro
     stopped = cms_process("emr", "stop", cluster_id, "--cloud=local")
     assert stopped.code == 0, stopped.err
     assert emulator.cluster_state(cluster_id) in ("TERMINATING", "TERMINATED")
+
+
+def test_cms_reports_unknown_release_and_cluster_as_aws_would(emulator, cm, cms_process):
+    cm.write(clouds=emulator.profile())
+    release = cms_process("emr", "start", "x", "--cloud=local", "--release=emr-9.9.9")
+    assert release.code == 2
+    assert release.err.startswith("ERROR: --release: 'emr-9.9.9'")
+    assert "Traceback" not in release.err and release.out == ""
+    steps = cms_process("emr", "list", "steps", "j-NOSUCHCLUSTER1", "--cloud=local")
+    assert steps.code == 1
+    assert steps.err.count("\n") == 1 and "j-NOSUCHCLUSTER1" in steps.err
+    assert "Traceback" not in steps.err

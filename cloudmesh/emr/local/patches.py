@@ -293,6 +293,18 @@ def install(engine):
 
     Response.cancel_steps = cancel_steps
 
+    # 15. ListSupportedInstanceTypes with a release label moto has no table for fails
+    #     with FileNotFoundError, an HTTP 500; EMR answers ValidationException.
+    original_supported = Backend.list_supported_instance_types
+
+    def list_supported_instance_types(self, release_label):
+        try:
+            return original_supported(self, release_label)
+        except (FileNotFoundError, OSError, ValueError):
+            raise ValidationException(f"The release label {release_label} is not valid.") from None
+
+    Backend.list_supported_instance_types = list_supported_instance_types
+
 
 def start_server(host, port):
     """moto's ThreadedMotoServer on ``host:port``, started: (server, None) or (None, error).
