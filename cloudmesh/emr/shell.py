@@ -19,15 +19,15 @@ def _cmd5_main():
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    from cloudmesh.emr.command.emr import EmrCommand
+    from cloudmesh.emr.command.emr import EmrCommand, say
 
     if not argv or argv[0] in ("help", "-h", "--help"):
-        print(EmrCommand.usage())
+        say(EmrCommand.usage())
         return 0
     if argv[0] in ("version", "--version"):
         from cloudmesh.emr import __version__
 
-        print(f"cloudmesh-emr {__version__}")
+        say(f"cloudmesh-emr {__version__}")
         return 0
     if argv[0] == "emr":
         return EmrCommand().run(argv[1:])

@@ -20,7 +20,14 @@ BIG_FILE = 8 * 1024 * 1024  # show upload progress above this size, on a termina
 
 
 def say(line=""):
-    print(line, flush=True)
+    """One line (or block) on stdout. When the reader has gone (`cms emr ... | head -1`),
+    the rest of the output is dropped quietly and the command finishes its work."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the final flush at exit has somewhere to go
+        os.close(devnull)
 
 
 def warn(line):
@@ -187,7 +194,10 @@ class EmrCommand(PluginCommand):
             say(action["Target"])
             code = 0
         else:  # run
-            action = provider.run(a["CLUSTERID"][0], a["BUCKET"], a["BUCKETNAME"], a["ARGS"])
+            args = list(a["ARGS"])
+            if "--" in args:  # docopt keeps the separator that lets ARGS start with a dash
+                args.remove("--")
+            action = provider.run(a["CLUSTERID"][0], a["BUCKET"], a["BUCKETNAME"], args)
             say(action["Target"])
             code = 0
         return self._finish(provider, code)
