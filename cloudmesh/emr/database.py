@@ -44,6 +44,11 @@ def document_id(cloud, kind, ident):
 
 
 def _alive(pid):
+    """Whether process ``pid`` still runs; a child of ours that has exited is reaped."""
+    try:
+        os.waitpid(pid, os.WNOHANG)  # a zombie would answer signal 0 for ever
+    except (ChildProcessError, OSError):
+        pass  # not our child: signal 0 alone tells
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -161,8 +166,11 @@ class EmbeddedServer:
         deadline = time.monotonic() + wait
         while _alive(state["pid"]) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _alive(state["pid"]):
+        if _alive(state["pid"]):  # it did not shut down in time: end it, and see it gone
             os.kill(state["pid"], signal.SIGKILL)
+            deadline = time.monotonic() + 5
+            while _alive(state["pid"]) and time.monotonic() < deadline:
+                time.sleep(0.05)
         self.state_file.unlink(missing_ok=True)
         return state
 
