@@ -34,9 +34,9 @@ setup(
         # the REST service
         "server": ["connexion[flask,swagger-ui,uvicorn]>=3.1"],
         "test": [
-            "pytest>=8",
+            "pytest>=9",  # the built-in subtests fixture
             "pytest-timeout>=2.2",
-            "moto[server]>=5.1",
+            "moto[server]>=5.1.18",  # moto.core.enable_iam_authentication
             "connexion[flask,swagger-ui,uvicorn]>=3.1",
             "schemathesis>=3.30",
         ],

@@ -112,6 +112,51 @@ def test_a_cluster_s_life_through_the_real_cms(cms_process, aws_at, cm, tmp_path
             assert SECRET not in json.dumps(doc, default=str), f"{name}/{doc['_id']}"
 
 
+def on_a_terminal(*args):
+    """Run the real `cms` with stderr on a terminal (a pseudo-terminal 100 columns wide);
+    return (exit code, stdout, what the terminal showed)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    shown, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    with subprocess.Popen([*cms_command(), *[str(a) for a in args]], stdout=subprocess.PIPE,
+                          stderr=terminal, stdin=subprocess.DEVNULL) as process:
+        os.close(terminal)
+        screen = b""
+        while True:
+            try:
+                chunk = os.read(shown, 65536)
+            except OSError:  # the terminal closed: the process has ended
+                break
+            if not chunk:
+                break
+            screen += chunk
+        out = process.stdout.read().decode()
+        code = process.wait(timeout=120)
+    os.close(shown)
+    return code, out, screen.decode(errors="replace")
+
+
+def test_upload_shows_progress_on_a_terminal_for_big_files_only(moto_cloud, aws_at, tmp_path):
+    s3 = aws_at("s3")
+    s3.create_bucket(Bucket="e2e-data")
+    big, small = tmp_path / "big.bin", tmp_path / "small.txt"
+    big.write_bytes(os.urandom(9 * 1024 * 1024))  # over 8 MiB
+    small.write_text("a few words\n")
+    code, out, screen = on_a_terminal("emr", "upload", big, "e2e-data", "big.bin")
+    assert code == 0, screen
+    assert out == "s3://e2e-data/big.bin\n"  # stdout stays clean for $(...)
+    assert "big.bin" in screen and "%|" in screen and "9.00M" in screen, screen
+    assert s3.head_object(Bucket="e2e-data", Key="big.bin")["ContentLength"] == big.stat().st_size
+    code, out, screen = on_a_terminal("emr", "upload", small, "e2e-data", "small.txt")
+    assert code == 0, screen
+    assert out == "s3://e2e-data/small.txt\n"
+    assert screen.strip() == ""
+
+
 def test_bad_input_through_the_real_cms(cms_process, moto_cloud, aws_at):
     for args in (["start", "x", "--count=0"], ["start", "x", "--master=m1.small"],
                  ["list", "clusters", "--format=xml"], ["describe", "nonsense"],
@@ -177,5 +222,6 @@ def test_output_into_a_closed_pipe_is_not_an_error(cm):
                               stderr=subprocess.PIPE, text=True, timeout=60)
     finally:
         os.close(write)
+    assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert "unexpected" not in done.stderr, done.stderr

@@ -13,7 +13,7 @@ import socket
 
 import pytest
 
-from emr_helpers import (
+from emr_helpers import (  # noqa: F401  lean_moto: autouse
     ACTIVE, AWS_NAMES, BASE_TIME, COLUMNS, FORMATS, MEANING, add_steps, all_clusters, as_dicts,
     backend, field, lean_moto, loaded, one_error_line, parse, plain, run_job_flow, second, set_cluster,
     set_step,
@@ -369,6 +369,85 @@ def step_state_filter(cms, emr, busy, words, states):
     assert [s["Id"] for s in listed] == [s["Id"] for s in expected]
 
 
+class IgnoredFilter:
+    """An endpoint that ignores a filter: boto3's own event hook sees the parameters each
+    call sends, keeps them, and takes ``key`` out before the request is made."""
+
+    def __init__(self, client, operation, key):
+        self.key, self.sent = key, []
+        client.meta.events.register(f"provide-client-params.emr.{operation}", self)
+
+    def __call__(self, params, **_):
+        self.sent.append(dict(params))
+        return {k: v for k, v in params.items() if k != self.key}
+
+
+LISTINGS = [  # (operation, filter parameter, method, its keyword, words, AWS names)
+    ("ListClusters", "ClusterStates", "list_clusters", "status", ["wait", "error"],
+     ["WAITING", "TERMINATED_WITH_ERRORS"]),
+    ("ListInstances", "InstanceStates", "list_instances", "status", ["run", "start"],
+     ["RUNNING", "AWAITING_FULFILLMENT"]),
+    ("ListInstances", "InstanceGroupTypes", "list_instances", "types", ["core"], ["CORE"]),
+    ("ListSteps", "StepStates", "list_steps", "state", ["failed", "pending"],
+     ["FAILED", "PENDING"]),
+]
+
+
+@pytest.mark.parametrize("operation,key,method,keyword,words,names", LISTINGS,
+                         ids=[f"{row[0]}.{row[1]}" for row in LISTINGS])
+def test_filters_go_to_aws_and_are_checked_again(emr, fleet, busy, cm, operation, key, method,
+                                                 keyword, words, names):
+    """Each page asks AWS for the states wanted; what an endpoint sends regardless is
+    dropped here."""
+    from cloudmesh.emr.api.provider import Provider
+
+    provider = Provider()
+    ignored = IgnoredFilter(provider.client("emr"), operation, key)
+    args = [] if method == "list_clusters" else [busy]
+    records = getattr(provider, method)(*args, **{keyword: words})
+    assert ignored.sent and all(sorted(call[key]) == sorted(names) for call in ignored.sent)
+    found = [r["InstanceGroupType"] if key == "InstanceGroupTypes" else r["Status"]["State"]
+             for r in records]
+    assert records and set(found) <= set(names)
+    everything = getattr(Provider(), method)(*args)
+    assert len(everything) > len(records)  # the endpoint did send more than was wanted
+
+
+@pytest.mark.parametrize("words,sent", [(["core"], {"InstanceFleetType": "CORE"}),
+                                         (["core", "task"], {})], ids=["one", "two"])
+def test_type_filter_of_an_instance_fleet_cluster(emr, busy, cm, words, sent):
+    """A cluster of instance fleets takes InstanceFleetType (one type), not
+    InstanceGroupTypes; several types are filtered here alone. (moto has no fleets: its
+    answer to DescribeCluster is made to say INSTANCE_FLEET.)"""
+    from cloudmesh.emr.api.provider import Provider
+
+    provider = Provider()
+    client = provider.client("emr")
+
+    def as_fleet(parsed, **_):
+        parsed["Cluster"]["InstanceCollectionType"] = "INSTANCE_FLEET"
+
+    client.meta.events.register("after-call.emr.DescribeCluster", as_fleet)
+    calls = []
+    client.meta.events.register("provide-client-params.emr.ListInstances",
+                                lambda params, **_: calls.append(dict(params)))
+    records = provider.list_instances(busy, types=words)
+    assert calls and all("InstanceGroupTypes" not in call for call in calls)
+    assert all({k: call.get(k) for k in sent} == sent for call in calls)
+    wanted = {word.upper() for word in words}
+    assert records and {r["InstanceGroupType"] for r in records} == wanted
+
+
+def test_every_page_of_steps(cms, emr, cm):
+    cid = run_job_flow(emr, "long")
+    made = [step for i in range(3)
+            for step in add_steps(emr, cid, [f"s{i}.{j}" for j in range(25)])]
+    assert "Marker" in emr.list_steps(ClusterId=cid)  # more than one page at AWS
+    listed = json.loads(cms("list", "steps", cid, "--format=json").out)
+    assert sorted(s["Id"] for s in listed) == sorted(made)
+    assert len(cm.docs("aws", "step")) == 75
+
+
 # ---- start ----------------------------------------------------------------------------------------
 
 def groups_of(emr, cid):
@@ -433,6 +512,65 @@ def test_start_with_count_one_warns_of_no_core_nodes(cms, emr):
     assert groups_of(emr, cid) == {"MASTER": ("m5.xlarge", 1)}
 
 
+@pytest.fixture
+def restricted(aws, cm):
+    """``restricted(*actions)``: an IAM user allowed everything but ``actions``, its keys in
+    cloudmesh.yaml, and moto checking every later request against IAM. Returns a boto3
+    session of that user, for the test's own look at what AWS holds."""
+    import contextlib
+
+    import boto3
+    from moto.core import enable_iam_authentication
+
+    with contextlib.ExitStack() as stack:
+        def user(*denied):
+            iam = boto3.client("iam", region_name="us-east-1")
+            iam.create_user(UserName="restricted")
+            policy = {"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Action": "*", "Resource": "*"},
+                {"Effect": "Deny", "Action": list(denied), "Resource": "*"}]}
+            iam.put_user_policy(UserName="restricted", PolicyName="most",
+                                PolicyDocument=json.dumps(policy))
+            key = iam.create_access_key(UserName="restricted")["AccessKey"]
+            cm.write(clouds={"aws": {"credentials": {
+                "EC2_ACCESS_ID": key["AccessKeyId"], "EC2_SECRET_KEY": key["SecretAccessKey"],
+                "region": "us-east-1"}}})
+            stack.enter_context(enable_iam_authentication())
+            return boto3.session.Session(aws_access_key_id=key["AccessKeyId"],
+                                         aws_secret_access_key=key["SecretAccessKey"],
+                                         region_name="us-east-1")
+
+        yield user
+
+
+def test_start_goes_on_when_the_instance_type_check_is_denied(cms, restricted, cm):
+    emr = restricted("elasticmapreduce:ListSupportedInstanceTypes").client("emr")
+    result = cms("start", "unchecked")
+    assert result.code == 0, result.err
+    cid = result.out.strip()
+    assert CLUSTER_ID.match(cid) and result.out == cid + "\n"
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("WARNING: "), result.err
+    assert "instance types" in lines[0] and "AccessDenied" in lines[0]
+    assert groups_of(emr, cid) == {"MASTER": ("m5.xlarge", 1), "CORE": ("m5.xlarge", 2)}
+    action, = cm.docs("aws", "action")
+    assert action["Target"] == cid and action["Warnings"] == [lines[0][len("WARNING: "):]]
+
+
+def test_a_start_that_aws_refuses_is_one_error_line_and_recorded(cms, restricted, cm):
+    emr = restricted("elasticmapreduce:RunJobFlow").client("emr")
+    result = cms("start", "refused", "--count=2")
+    assert result.code == 1
+    assert one_error_line(result.err), result.err
+    assert "AccessDenied" in result.err and "start cluster refused" in result.err
+    assert result.out == ""
+    assert all_clusters(emr) == []
+    action, = cm.docs("aws", "action")  # what was asked, and what AWS answered
+    assert action["Action"] == "start" and action["Target"] == "refused"
+    assert action["Request"]["Count"] == 2 and action["Response"] == {}
+    assert action["Error"]["Message"] == result.err.strip()[len("ERROR: "):]
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_start_in_each_format(cms, emr, cm, fmt):
     result = cms("start", "formatted", f"--format={fmt}")
@@ -471,6 +609,8 @@ BAD_START = [
     (["--count=0"], "--count"),
     (["--count=-1"], "--count"),
     (["--count=2.5"], "--count"),
+    (["--count=1_0"], "1_0"),
+    (["--count="], "--count"),
     (["--master=m5.superlarge"], "m5.superlarge"),
     (["--node=t2.micro"], "t2.micro"),
     (["--master=m1.small"], "m1.small"),   # 1 vCPU
@@ -529,6 +669,14 @@ BAD_INPUT = [
     (["copy", "j-AAAAAAAAAAAAA", "Bad_Bucket", "key"], "Bad_Bucket"),
     (["run", "j-AAAAAAAAAAAAA", "ab", "key.py"], "ab"),
     (["describe", "j-AAAAAAAAAAAAA", "--format=tsv"], "tsv"),
+    # an option given with nothing after it (an empty shell variable) is not the default
+    (["list", "clusters", "--status="], "--status"),
+    (["list", "instances", "j-AAAAAAAAAAAAA", "--type=,"], "--type"),
+    (["list", "steps", "j-AAAAAAAAAAAAA", "--state="], "--state"),
+    (["list", "clusters", "--format="], "--format"),
+    (["stop", "j-AAAAAAAAAAAAA", "--cloud="], "--cloud"),
+    # a cloud that cloudmesh.yaml does not define is not the default account
+    (["stop", "j-AAAAAAAAAAAAA", "--cloud=prodd"], "prodd"),
 ]
 
 
@@ -550,10 +698,19 @@ def refused(cms, emr, cm, cid, args, named):
     assert "aws-emr-action" not in cm.db.list_collection_names()
 
 
-def test_bad_filter_word_lists_the_valid_ones(cms, aws):
-    result = cms("list", "clusters", "--status=sleeping")
-    for word in ["all", *MEANING["cluster status"]]:
-        assert word in result.err
+@pytest.mark.parametrize("args,kind", [
+    (["list", "clusters", "--status=sleeping"], "cluster status"),
+    (["list", "instances", "j-AAAAAAAAAAAAA", "--status=sleeping"], "instance status"),
+    (["list", "instances", "j-AAAAAAAAAAAAA", "--type=sleeping"], "instance type"),
+    (["list", "steps", "j-AAAAAAAAAAAAA", "--state=sleeping"], "step state"),
+])
+def test_bad_filter_word_lists_the_valid_ones(cms, aws, args, kind):
+    result = cms(*args)
+    assert result.code == 2
+    assert one_error_line(result.err), result.err
+    assert "'sleeping'" in result.err
+    offered = {word.strip() for word in result.err.split(":")[-1].split(",")}
+    assert {"all", *MEANING[kind], *AWS_NAMES[kind]} <= offered
 
 
 @pytest.mark.parametrize("make", ["missing", "directory", "unreadable"])
@@ -675,6 +832,27 @@ def test_upload_to_a_missing_bucket(cms, s3, cm, tmp_path):
     assert result.out == ""
 
 
+def test_an_upload_that_s3_refuses_is_one_error_line_and_recorded(cms, s3, restricted, cm,
+                                                                   tmp_path):
+    import botocore.exceptions
+
+    s3.create_bucket(Bucket="jobs")
+    mine = restricted("s3:PutObject").client("s3")
+    path = tmp_path / "f.py"
+    path.write_text("print(1)\n")
+    result = cms("upload", path, "jobs", "f.py")
+    assert result.code == 1
+    assert one_error_line(result.err), result.err
+    assert "s3://jobs/f.py" in result.err and "AccessDenied" in result.err
+    assert "unexpected" not in result.err
+    assert result.out == ""
+    with pytest.raises(botocore.exceptions.ClientError, match="404"):
+        mine.head_object(Bucket="jobs", Key="f.py")
+    action, = cm.docs("aws", "action")  # what was asked, and what AWS answered
+    assert action["Action"] == "upload" and action["Target"] == "s3://jobs/f.py"
+    assert "AccessDenied" in action["Error"]["Message"]
+
+
 def step_of(emr, cid, step_id):
     return emr.describe_step(ClusterId=cid, StepId=step_id)["Step"]
 
@@ -750,6 +928,59 @@ def test_an_unreachable_database_still_prints_the_aws_result(cms, emr, cm):
     assert listed.code == 1
     assert [c["Id"] for c in json.loads(listed.out)] == [cid]
     assert one_error_line(listed.err), listed.err
+
+
+@pytest.mark.parametrize("verb", ["describe", "list instances", "list steps", "stop", "upload",
+                                  "copy", "run"])
+def test_every_command_prints_what_aws_did_when_the_database_is_down(cms, emr, s3, cm, tmp_path,
+                                                                     verb):
+    cid = run_job_flow(emr, "done anyway")
+    add_steps(emr, cid, ["first"])
+    s3.create_bucket(Bucket="jobs")
+    program = tmp_path / "job.py"
+    program.write_text("print(1)\n")
+    cm.write(mongo={"MONGO_PORT": closed_port()})
+    args = {"describe": ["describe", cid, "--format=json"],
+            "list instances": ["list", "instances", cid, "--format=json"],
+            "list steps": ["list", "steps", cid, "--format=json"],
+            "stop": ["stop", cid, "--format=json"],
+            "upload": ["upload", program, "jobs", "job.py"],
+            "copy": ["copy", cid, "jobs", "job.py"],
+            "run": ["run", cid, "jobs", "job.py"]}[verb]
+    result = cms(*args)
+    assert result.code == 1
+    assert one_error_line(result.err), result.err
+    assert "database" in result.err and "(configured timeouts" not in result.err
+    if verb in ("copy", "run"):  # the step id, as AWS holds it
+        steps = {s["Id"] for s in emr.list_steps(ClusterId=cid)["Steps"]}
+        assert result.out.strip() in steps and len(steps) == 2
+    elif verb == "upload":
+        assert result.out == "s3://jobs/job.py\n"
+        assert s3.get_object(Bucket="jobs", Key="job.py")["Body"].read() == b"print(1)\n"
+    elif verb == "stop":
+        assert [a["Target"] for a in json.loads(result.out)] == [cid]
+        assert state_of(emr, cid) == "TERMINATED"
+    elif verb == "describe":
+        assert json.loads(result.out)["Id"] == cid
+    elif verb == "list steps":
+        assert [s["Id"] for s in json.loads(result.out)] == [
+            s["Id"] for s in emr.list_steps(ClusterId=cid)["Steps"]]
+    else:
+        assert sorted(i["Id"] for i in json.loads(result.out)) == sorted(
+            i["Id"] for i in emr.list_instances(ClusterId=cid)["Instances"])
+
+
+def test_an_embedded_database_that_cannot_start_still_prints_the_cluster_id(cms, emr, cm):
+    """MODE embedded, and its folder cannot be made (a file is in the way): the cluster
+    started, so its id is printed; then one ERROR line, exit 1."""
+    cm.write(mongo={"MODE": "embedded"})
+    (cm.folder / "emr").write_text("a file where the state folder should be")
+    result = cms("start", "unrecorded")
+    assert result.code == 1
+    assert [c["Id"] for c in all_clusters(emr)] == [result.out.strip()]
+    assert one_error_line(result.err), result.err
+    assert "database" in result.err and "unexpected" not in result.err
+    assert str(cm.folder / "emr") in result.err
 
 
 @pytest.fixture

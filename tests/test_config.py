@@ -76,14 +76,16 @@ def test_an_empty_file_is_fine(folder):
 def test_the_file_is_under_home_without_cloudmesh_config_dir(tmp_path, monkeypatch):
     monkeypatch.delenv("CLOUDMESH_CONFIG_DIR", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    write(tmp_path / ".cloudmesh", {"cloudmesh": {"emr": {"default": {"cloud": "fromhome"}}}})
+    write(tmp_path / ".cloudmesh", {"cloudmesh": {"cloud": {"fromhome": {}},
+                                                  "emr": {"default": {"cloud": "fromhome"}}}})
     assert config_dir() == tmp_path / ".cloudmesh"
     assert Settings.load().cloud() == "fromhome"
     assert state_dir("db") == tmp_path / ".cloudmesh" / "emr" / "db"
 
 
 def test_cloudmesh_config_dir_names_the_folder(folder):
-    write(folder, {"cloudmesh": {"emr": {"default": {"cloud": "fromdir"}}}})
+    write(folder, {"cloudmesh": {"cloud": {"fromdir": {}},
+                                 "emr": {"default": {"cloud": "fromdir"}}}})
     assert config_dir() == folder
     assert Settings.load().cloud() == "fromdir"
     assert state_dir("db") == folder / "emr" / "db"
@@ -162,13 +164,44 @@ def test_local_delay_from_the_environment(folder, monkeypatch):
 # ---- --cloud ------------------------------------------------------------------------------------
 
 def test_cloud_selection(folder):
-    assert Settings.load().cloud() == "aws"
-    assert Settings.load().cloud("mine") == "mine"
+    assert Settings.load().cloud() == "aws"  # boto3's own chain: no file needed
+    assert Settings.load().cloud("local") == "local"
     write(folder, FULL)
     assert Settings.load().cloud() == "other"
     assert Settings.load().cloud("aws") == "aws"
-    with pytest.raises(UsageError):
-        Settings.load().cloud(" ")
+    assert Settings.load().cloud("other") == "other"
+    for empty in (" ", ""):
+        with pytest.raises(UsageError, match="--cloud"):
+            Settings.load().cloud(empty)
+
+
+@pytest.mark.parametrize("where", ["option", "default"])
+def test_a_cloud_that_cloudmesh_yaml_does_not_define_is_refused(folder, where):
+    """A misspelt --cloud must not quietly run on the default account (as `aws --profile`
+    refuses a profile it does not know): it names itself and the clouds there are."""
+    data = {"cloudmesh": {"cloud": {"prod": {}, "moto": {}}}}
+    if where == "default":
+        data["cloudmesh"]["emr"] = {"default": {"cloud": "prodd"}}
+    write(folder, data)
+    with pytest.raises(UsageError) as caught:
+        Settings.load().cloud("prodd" if where == "option" else None)
+    message = caught.value.message
+    assert "'prodd'" in message and "\n" not in message
+    assert ("--cloud" if where == "option" else "cloudmesh.emr.default.cloud") in message
+    assert str(folder / "cloudmesh.yaml") in message
+    offered = message.split("use one of: ")[1].split(" (")[0].split(", ")
+    assert offered == ["aws", "local", "moto", "prod"]
+
+
+def test_an_unknown_cloud_through_the_command_does_nothing(cm, aws, cms):
+    import boto3
+
+    result = cms("start", "elsewhere", "--cloud=prodd")
+    assert result.code == 2
+    assert one_error_line(result.err), result.err
+    assert "prodd" in result.err
+    assert boto3.client("emr").list_clusters()["Clusters"] == []
+    assert cm.db.list_collection_names() == []
 
 
 class Recorder(http.server.BaseHTTPRequestHandler):

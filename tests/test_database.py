@@ -191,12 +191,38 @@ def test_an_unreachable_database_is_a_database_error(cm):
     database = Database(Settings.load())
     with pytest.raises(DatabaseError) as caught:
         database.record("aws", "cluster", [cluster_record("j-LOST")])
-    # a user waits seconds for this answer, not pymongo's default half minute
-    assert database.client().options.server_selection_timeout <= 5
     error = caught.value
     assert error.exit_code == 1
     assert "\n" not in error.message
     assert f"127.0.0.1:{port}" in error.message
+    assert "(configured timeouts" not in error.message  # pymongo's settings, not the user's
+
+
+@pytest.fixture
+def blocked(tmp_path):
+    """A config folder whose state folder (emr/) cannot be made: a file is in the way."""
+    folder = tmp_path / "blocked"
+    folder.mkdir()
+    (folder / "emr").write_text("not a folder")
+    return folder
+
+
+def test_an_embedded_server_that_cannot_start_is_a_database_error(blocked):
+    server = EmbeddedServer(blocked / "emr" / "db")
+    with pytest.raises(DatabaseError) as caught:
+        server.start()
+    message = caught.value.message
+    assert "\n" not in message and "embedded database" in message
+    assert str(blocked / "emr") in message
+
+
+def test_db_start_in_a_folder_that_cannot_hold_it_is_one_error_line(blocked, cms, monkeypatch):
+    monkeypatch.setenv("CLOUDMESH_CONFIG_DIR", str(blocked))
+    result = cms("db", "start")
+    assert result.code == 1
+    assert one_error_line(result.err), result.err
+    assert "unexpected" not in result.err and str(blocked / "emr") in result.err
+    assert result.out == ""
 
 
 # ---- status in native mode ----------------------------------------------------------------------

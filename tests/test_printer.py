@@ -309,6 +309,32 @@ def test_describe_is_a_two_column_table_of_what_a_user_asks(fmt):
     assert field(pairs, "auto", "terminat") == "False"
 
 
+def test_describe_lists_the_groups_master_first():
+    shuffled = {**CLUSTER, "InstanceGroups": [
+        {"Id": "ig-3", "InstanceGroupType": "TASK", "InstanceType": "c5.xlarge",
+         "RequestedInstanceCount": 2, "RunningInstanceCount": 0},
+        *reversed(CLUSTER["InstanceGroups"])]}
+    groups = field(printer.describe_rows(shuffled), "instances").split(";")
+    assert [part.split(":")[0].strip() for part in groups] == ["MASTER", "CORE", "TASK"]
+    assert "c5.xlarge" in groups[2] and "2" in groups[2]
+
+
+def test_describe_counts_a_fleet_s_on_demand_and_spot_capacity():
+    fleets = {**CLUSTER, "InstanceGroups": None, "InstanceFleets": [
+        {"Id": "if-2", "InstanceFleetType": "CORE", "TargetOnDemandCapacity": 2,
+         "TargetSpotCapacity": 4, "ProvisionedOnDemandCapacity": 2, "ProvisionedSpotCapacity": 1,
+         "InstanceTypeSpecifications": [{"InstanceType": "r5.xlarge"},
+                                        {"InstanceType": "r5a.xlarge"}]},
+        {"Id": "if-1", "InstanceFleetType": "MASTER", "TargetOnDemandCapacity": 1,
+         "ProvisionedOnDemandCapacity": 1,
+         "InstanceTypeSpecifications": [{"InstanceType": "m5.xlarge"}]}]}
+    master, core = [part.strip() for part in
+                    field(printer.describe_rows(fleets), "instances").split(";")]
+    assert master.startswith("MASTER") and "1/1" in master and "m5.xlarge" in master
+    assert core.startswith("CORE") and "3/6" in core
+    assert "r5.xlarge" in core and "r5a.xlarge" in core
+
+
 def test_describe_of_a_young_cluster_has_empty_cells_for_what_is_not_there_yet():
     young = {"Id": "j-YOUNG", "Name": "y", "Status": {"State": "STARTING", "Timeline": {
         "CreationDateTime": T1}}}
@@ -325,6 +351,12 @@ def test_each_format_is_accepted_in_any_case():
         assert printer.check_format(fmt) == fmt
         assert printer.check_format(fmt.upper()) == fmt
     assert printer.check_format(None) == "table"
+
+
+@pytest.mark.parametrize("empty", ["", " "])
+def test_an_empty_format_is_not_the_default(empty):
+    with pytest.raises(UsageError, match="--format"):
+        printer.check_format(empty)
 
 
 def test_an_unknown_format_names_itself_and_the_five():

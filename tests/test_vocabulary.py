@@ -108,6 +108,18 @@ def test_unknown_word_is_never_dropped_among_good_ones(kind):
             translate(kind, values)
 
 
+@pytest.mark.parametrize("kind", list(MEANING))
+@pytest.mark.parametrize("values", [[""], [" "], [","], ["", ""]])
+def test_an_option_given_with_no_word_is_refused(kind, values):
+    """`--status=$STATE` with STATE unset is a mistake, not a wish for everything."""
+    with pytest.raises(UsageError) as caught:
+        translate(kind, values)
+    message = caught.value.message
+    assert OPTION[kind] in message and "no word" in message
+    for word in ["all", *MEANING[kind]]:
+        assert word in message, word
+
+
 def test_split_words_flattens_repeats_and_commas():
     assert split_words(["a,b", "c", " d , ,e "]) == ["a", "b", "c", "d", "e"]
     assert split_words(None) == []

@@ -122,12 +122,31 @@ class Settings:
     def emr_default(self, key):
         return self.get("emr", "default", key, default=EMR_DEFAULTS[key])
 
+    def clouds(self):
+        """The names of the clouds cloudmesh.yaml defines under cloudmesh.cloud."""
+        block = self.get("cloud", default={})
+        return sorted(str(name) for name in block) if isinstance(block, dict) else []
+
     def cloud(self, requested=None):
-        """The cloud to use: --cloud, else cloudmesh.emr.default.cloud, else aws."""
-        name = requested or self.emr_default("cloud")
+        """The cloud to use: --cloud, else cloudmesh.emr.default.cloud, else aws.
+
+        It must be a cloud of cloudmesh.yaml, ``aws`` (boto3's own credential chain) or
+        ``local`` (the emulator): a misspelt name is refused rather than quietly run
+        against the default account, as the AWS CLI refuses an unknown profile.
+        """
+        where = "--cloud" if requested is not None else "cloudmesh.emr.default.cloud"
+        name = self.emr_default("cloud") if requested is None else requested
         if not isinstance(name, str) or not name.strip():
-            raise UsageError("--cloud needs a name, such as aws or local")
-        return name.strip()
+            raise UsageError(f"{where} needs a name, such as aws or local")
+        name = name.strip()
+        known = self.clouds()
+        if name not in (EMR_DEFAULTS["cloud"], LOCAL, *known):
+            raise UsageError(
+                f"{where}: '{name}' is not a cloud of {self.path}; use one of: "
+                f"{', '.join(dict.fromkeys([EMR_DEFAULTS['cloud'], LOCAL, *known]))} "
+                f"(or add cloudmesh.cloud.{name}.credentials there)"
+            )
+        return name
 
     # ---- AWS --------------------------------------------------------------------
 

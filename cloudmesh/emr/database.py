@@ -29,6 +29,7 @@ from cloudmesh.emr.errors import DatabaseError
 KINDS = ("cluster", "instance", "step", "action")
 TIMEOUT_MS = 3000
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+CONFIGURED_TIMEOUTS = re.compile(r"\s*\(configured timeouts:[^)]*\)")  # pymongo's, not the user's
 
 
 def now():
@@ -116,6 +117,16 @@ class EmbeddedServer:
 
     def start(self, wait=30.0):
         """Start the server unless it runs; return (state, started_now)."""
+        try:
+            return self._start(wait)
+        except OSError as error:  # the folder cannot be made or written, the program not run
+            where = getattr(error, "filename", None) or self.folder
+            raise DatabaseError(
+                f"cannot start the embedded database: {error.strerror or error} ({where}); "
+                "fix that folder, or set CLOUDMESH_CONFIG_DIR elsewhere"
+            ) from None
+
+    def _start(self, wait):
         with self._lock():
             state = self.running()
             if state:
@@ -216,13 +227,16 @@ class Database:
 
     @contextmanager
     def _guard(self):
+        """pymongo's errors, and the embedded server's folder or process failing (OSError),
+        become one DatabaseError, so the caller can still show what AWS answered."""
         import pymongo.errors
 
         try:
             yield
-        except pymongo.errors.PyMongoError as error:
-            where = getattr(self, "_where", "the configured server")
-            reason = str(error).split(",")[0].split("\n")[0]
+        except (pymongo.errors.PyMongoError, OSError) as error:
+            where = getattr(self, "_where", None) or (
+                f"{self.server.folder}" if self.server else "the configured server")
+            reason = CONFIGURED_TIMEOUTS.sub("", str(error)).split(",")[0].split("\n")[0]
             raise DatabaseError(
                 f"cannot record results in the database at {where} ({reason}); "
                 "check 'cms emr db status' and cloudmesh.data.mongo in cloudmesh.yaml"

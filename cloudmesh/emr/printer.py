@@ -15,7 +15,8 @@ FORMATS = ("table", "csv", "json", "yaml", "dict")
 
 
 def check_format(fmt, default="table"):
-    fmt = (fmt or default).lower()
+    """The format word in lower case; ``default`` when none was given (None)."""
+    fmt = default if fmt is None else str(fmt).strip().lower()
     if fmt not in FORMATS:
         raise UsageError(f"--format: '{fmt}' is not a format; use one of: {', '.join(FORMATS)}")
     return fmt
@@ -95,18 +96,31 @@ def _join(items):
     return ", ".join(str(item) for item in items if item)
 
 
+# describe lists the groups (or fleets) of a cluster master first, as EMR's console does
+ROLE_ORDER = {"MASTER": 0, "CORE": 1, "TASK": 2}
+
+
+def role(group):
+    return group.get("InstanceGroupType") or group.get("InstanceFleetType")
+
+
+def capacity(fleet, which):
+    """A fleet's on-demand plus spot capacity (``which``: Provisioned or Target)."""
+    parts = [fleet.get(f"{which}{market}Capacity") for market in ("OnDemand", "Spot")]
+    return None if all(p is None for p in parts) else sum(p or 0 for p in parts)
+
+
 def describe_rows(cluster):
     """The (field, value) pairs of describe's two-column table."""
     groups = cluster.get("InstanceGroups") or cluster.get("InstanceFleets") or []
     sizes = []
-    for group in groups:
-        role = group.get("InstanceGroupType") or group.get("InstanceFleetType")
+    for group in sorted(groups, key=lambda g: ROLE_ORDER.get(role(g), len(ROLE_ORDER))):
         kind = group.get("InstanceType") or _join(
             spec.get("InstanceType") for spec in group.get("InstanceTypeSpecifications", [])
         )
-        running = group.get("RunningInstanceCount", group.get("ProvisionedOnDemandCapacity"))
-        requested = group.get("RequestedInstanceCount", group.get("TargetOnDemandCapacity"))
-        sizes.append(f"{role}: {running}/{requested} x {kind}")
+        running = group.get("RunningInstanceCount", capacity(group, "Provisioned"))
+        requested = group.get("RequestedInstanceCount", capacity(group, "Target"))
+        sizes.append(f"{role(group)}: {running}/{requested} x {kind}")
     apps = [f"{a.get('Name')} {a.get('Version') or ''}".strip()
             for a in cluster.get("Applications", [])]
     fields = [

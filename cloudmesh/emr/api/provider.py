@@ -26,12 +26,35 @@ MASTER_HOME = "/home/hadoop/"
 # Spark needs one core for the node manager and at least one for work
 MIN_VCPU = 2
 
+COUNT = re.compile(r"^\s*\d+\s*$")
+
 # botocore error codes that mean "your credentials or rights are the problem"
 DENIED = {
     "AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "InvalidClientTokenId",
     "UnrecognizedClientException", "InvalidSignatureException", "SignatureDoesNotMatch",
     "ExpiredToken", "ExpiredTokenException", "InvalidAccessKeyId",
 }
+# an XML error body where botocore expected JSON (a proxy, an emulator's IAM check)
+XML_FIELD = {name: re.compile(rf"<{name}>([^<]*)</{name}>") for name in ("Code", "Message")}
+
+
+def error_of(error):
+    """(code, message) of a botocore ClientError, read out of an XML body if need be.
+
+    An answer of HTTP 403 counts as AccessDenied whatever its body says.
+    """
+    details = error.response.get("Error", {})
+    code = str(details.get("Code") or "Unknown")
+    message = " ".join(str(details.get("Message") or "").split())
+    if message.startswith("<"):
+        found = {name: pattern.search(message) for name, pattern in XML_FIELD.items()}
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", code)
+        code = found["Code"].group(1) if found["Code"] else code
+        message = (found["Message"].group(1) if found["Message"]
+                   else f"the endpoint answered HTTP {status}")
+    if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 403:
+        code = code if code in DENIED else "AccessDenied"
+    return code, message
 
 
 def utc(value):
@@ -134,11 +157,17 @@ class Provider:
     def _aws(self, what):
         """Turn botocore's exceptions into our errors, each with what to do about it."""
         import botocore.exceptions as bx
+        from boto3.exceptions import S3UploadFailedError
 
         try:
             yield
         except EmrError:
             raise
+        except S3UploadFailedError as error:  # the transfer manager wraps AWS's answer
+            cause = error.__context__
+            if isinstance(cause, bx.ClientError):
+                raise self._client_error(cause, what) from None
+            raise AwsError(f"cannot {what}: {error}") from None
         except (bx.NoCredentialsError, bx.PartialCredentialsError):
             where = self.settings.path or "~/.cloudmesh/cloudmesh.yaml"
             raise EmrError(
@@ -159,11 +188,7 @@ class Provider:
             raise AwsError(f"cannot {what}: {error}") from None
 
     def _client_error(self, error, what):
-        code = error.response.get("Error", {}).get("Code", "Unknown")
-        message = " ".join(str(error.response.get("Error", {}).get("Message", error)).split())
-        if message.startswith("<"):  # an HTML error page from a proxy or a local endpoint
-            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", code)
-            message = f"the endpoint answered HTTP {status}"
+        code, message = error_of(error)
         if code in DENIED:
             return AwsError(
                 f"AWS refused to {what} for cloud '{self.cloud}' ({code}: {message}); "
@@ -199,6 +224,16 @@ class Provider:
         self._record("action", [record], cluster=cluster)
         return record
 
+    def _ask(self, action, target, what, call, cluster=None, request=None):
+        """Make the AWS call that does ``action`` and return its answer. When AWS says no,
+        the refusal is recorded as the action's ``Error`` before the error goes on up."""
+        try:
+            with self._aws(what):
+                return call()
+        except EmrError as error:
+            self._action(action, target, cluster=cluster, request=request, error=error)
+            raise
+
     def _pages(self, operation, key, what, **kwargs):
         emr = self.client("emr")
         with self._aws(what):
@@ -232,6 +267,14 @@ class Provider:
                 roles[fleet["Id"]] = fleet.get("InstanceFleetType")
         return roles
 
+    def _type_filter(self, cluster_id, groups):
+        """The server-side filter on MASTER/CORE/TASK: InstanceGroupTypes for a cluster of
+        instance groups; for one of instance fleets InstanceFleetType, which takes a single
+        type (several are then filtered here alone)."""
+        if self._describe(cluster_id).get("InstanceCollectionType") == "INSTANCE_FLEET":
+            return {"InstanceFleetType": groups[0]} if len(groups) == 1 else {}
+        return {"InstanceGroupTypes": groups}
+
     def list_instances(self, cluster_id, status=None, types=None):
         check_cluster_id(cluster_id)
         states = vocabulary.translate("instance status", status)
@@ -240,7 +283,7 @@ class Provider:
         if states:
             query["InstanceStates"] = states
         if groups:
-            query["InstanceGroupTypes"] = groups
+            query.update(self._type_filter(cluster_id, groups))
         instances = self._pages("list_instances", "Instances",
                                 f"list the instances of {cluster_id}", **query)
         roles = self._group_types(cluster_id, instances)
@@ -311,7 +354,7 @@ class Provider:
                     if not marker:
                         break
             except bx.ClientError as error:
-                code = error.response.get("Error", {}).get("Code", "")
+                code, message = error_of(error)
                 if code in DENIED:
                     self.warnings.append(
                         f"cannot check instance types ({code}); starting without the check"
@@ -320,7 +363,7 @@ class Provider:
                 if code in ("ValidationException", "InvalidRequestException"):
                     raise UsageError(
                         f"--release: '{release}' is not a release label EMR knows in "
-                        f"{self.region}: {error.response['Error'].get('Message', code)}"
+                        f"{self.region}: {message or code}"
                     ) from None
                 raise
         for option, name in wanted:
@@ -346,13 +389,11 @@ class Provider:
         master = master or self.settings.emr_default("master")
         node = node or self.settings.emr_default("node")
         release = release or self.settings.emr_default("release")
-        count = self.settings.emr_default("count") if count in (None, "") else count
-        try:
-            count = int(str(count).strip())
-        except ValueError:
-            count = None
-        if count is None or count < 1:
-            raise UsageError("--count must be a whole number of at least 1 (master plus core nodes)")
+        count = self.settings.emr_default("count") if count is None else count
+        if isinstance(count, bool) or not COUNT.match(str(count)) or int(count) < 1:
+            raise UsageError(f"--count: '{count}' is not a whole number of at least 1 "
+                             "(1 master plus COUNT-1 core nodes)")
+        count = int(count)
         if not RELEASE_LABEL.match(str(release)):
             raise UsageError(f"--release: '{release}' is not a release label like emr-7.12.0")
         for option, value in (("--master", master), ("--node", node)):
@@ -383,14 +424,14 @@ class Provider:
         log_uri = self.settings.emr_default("loguri")
         if log_uri:
             request["LogUri"] = log_uri
+        asked = {"Name": name, "ReleaseLabel": release, "Master": master, "Node": node,
+                 "Count": count, **({"LogUri": log_uri} if log_uri else {})}
         emr = self.client("emr")
-        with self._aws(f"start cluster {name}"):
-            answer = emr.run_job_flow(**request)
+        answer = self._ask("start", name, f"start cluster {name}",
+                           lambda: emr.run_job_flow(**request), request=asked)
         cluster_id = answer["JobFlowId"]
-        return self._action("start", cluster_id, cluster=cluster_id, response=answer, request={
-            "Name": name, "ReleaseLabel": release, "Master": master, "Node": node,
-            "Count": count, **({"LogUri": log_uri} if log_uri else {}),
-        })
+        return self._action("start", cluster_id, cluster=cluster_id, response=answer,
+                            request=asked)
 
     def stop(self, cluster_ids):
         """Terminate each cluster; return one action record per cluster.
@@ -463,11 +504,13 @@ class Provider:
                 raise
         from boto3.s3.transfer import TransferConfig
 
-        with self._aws(f"upload to {url}"):
+        def send_and_look():
             send(s3, TransferConfig())
-            head = s3.head_object(Bucket=bucket, Key=key)
-        return self._action("upload", url,
-                            request={**request, "Bucket": bucket, "Key": key},
+            return s3.head_object(Bucket=bucket, Key=key)
+
+        request = {**request, "Bucket": bucket, "Key": key}
+        head = self._ask("upload", url, f"upload to {url}", send_and_look, request=request)
+        return self._action("upload", url, request=request,
                             response={"ETag": head.get("ETag"),
                                       "ContentLength": head.get("ContentLength")})
 
@@ -483,8 +526,9 @@ class Provider:
         step = {"Name": name, "ActionOnFailure": "CONTINUE",
                 "HadoopJarStep": {"Jar": COMMAND_RUNNER, "Args": args}}
         emr = self.client("emr")
-        with self._aws(f"add a step to {cluster_id}"):
-            answer = emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[step])
+        answer = self._ask(action, cluster_id, f"add a step to {cluster_id}",
+                           lambda: emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[step]),
+                           cluster=cluster_id, request=step)
         step_id = answer["StepIds"][0]
         return self._action(action, step_id, cluster=cluster_id, request=step, response=answer)
 

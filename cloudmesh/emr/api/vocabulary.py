@@ -65,13 +65,17 @@ def split_words(values):
 def translate(kind, values):
     """The AWS names that the words ``values`` mean, in a stable order; [] for no filter.
 
-    ``kind`` is a key of FILTERS. Raises UsageError naming the first unknown word.
+    ``kind`` is a key of FILTERS. Raises UsageError naming the first unknown word, or
+    when the option was given with no word at all.
     """
     option, table = FILTERS[kind]
     aws_names = []
     for name in table.values():
         aws_names.extend(n for n in name if n not in aws_names)
     words = split_words(values)
+    valid = ", ".join(["all", *table, *aws_names])
+    if values and not words:  # --status= with nothing after it: an empty shell variable?
+        raise UsageError(f"{option}: no word given; use one of: {valid}")
     if not words or any(word.lower() == "all" for word in words):
         return []
     wanted = []
@@ -80,7 +84,6 @@ def translate(kind, values):
         if meaning is None and word.upper() in aws_names:
             meaning = [word.upper()]
         if meaning is None:
-            valid = ", ".join(["all", *table, *aws_names])
             raise UsageError(f"{option}: '{word}' is not a {kind}; use one of: {valid}")
         wanted.extend(name for name in meaning if name not in wanted)
     return wanted

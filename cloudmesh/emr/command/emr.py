@@ -17,6 +17,8 @@ except ImportError:  # standalone: our own `cms` runs it
     PluginCommand = object
 
 BIG_FILE = 8 * 1024 * 1024  # show upload progress above this size, on a terminal
+# the verbs that work on a cloud; each runs as EmrCommand._<verb>(arguments, provider, format)
+VERBS = ("list", "describe", "start", "stop", "upload", "copy", "run")
 
 
 def say(line=""):
@@ -78,7 +80,8 @@ class EmrCommand(PluginCommand):
           --state=STATE    steps: all, pending, canceling, running, completed,
                            cancelled, failed, interrupted [default: all]
           --format=FORMAT  table (the default), csv, json, yaml or dict
-          --cloud=CLOUD    the cloudmesh.yaml cloud to use; local is the emulator
+          --cloud=CLOUD    a cloud of cloudmesh.yaml; aws (the default) uses
+                           boto3's own credentials; local is the emulator
           --master=MASTER  instance type of the master node (m5.xlarge)
           --node=NODE      instance type of the core nodes (m5.xlarge)
           --count=COUNT    nodes in all: 1 master plus COUNT-1 core (3)
@@ -172,34 +175,8 @@ class EmrCommand(PluginCommand):
         from cloudmesh.emr.api.provider import Provider
 
         provider = Provider(cloud=a.get("--cloud"))
-        if a["list"]:
-            code = self._list(a, provider, fmt)
-        elif a["describe"]:
-            cluster = provider.describe(a["CLUSTERID"][0])
-            say(printer.render_one(cluster, fmt, printer.describe_rows(cluster)))
-            code = 0
-        elif a["start"]:
-            code = self._start(a, provider, a.get("--format") and fmt)
-        elif a["stop"]:
-            actions = provider.stop(a["CLUSTERID"])
-            say(printer.render(actions, "action", fmt))
-            for action in actions:
-                if action.get("Error"):
-                    warn(f"ERROR: {action['Error']['Message']}")
-            code = 1 if any(action.get("Error") for action in actions) else 0
-        elif a["upload"]:
-            code = self._upload(a, provider)
-        elif a["copy"]:
-            action = provider.copy(a["CLUSTERID"][0], a["BUCKET"], a["BUCKETNAME"])
-            say(action["Target"])
-            code = 0
-        else:  # run
-            args = list(a["ARGS"])
-            if "--" in args:  # docopt keeps the separator that lets ARGS start with a dash
-                args.remove("--")
-            action = provider.run(a["CLUSTERID"][0], a["BUCKET"], a["BUCKETNAME"], args)
-            say(action["Target"])
-            code = 0
+        verb = next(verb for verb in VERBS if a.get(verb))
+        code = getattr(self, f"_{verb}")(a, provider, fmt)
         return self._finish(provider, code)
 
     @staticmethod
@@ -225,9 +202,17 @@ class EmrCommand(PluginCommand):
         say(printer.render(records, kind, fmt))
         return 0
 
+    def _describe(self, a, provider, fmt):
+        from cloudmesh.emr import printer
+
+        cluster = provider.describe(a["CLUSTERID"][0])
+        say(printer.render_one(cluster, fmt, printer.describe_rows(cluster)))
+        return 0
+
     def _start(self, a, provider, fmt):
         from cloudmesh.emr import printer
 
+        fmt = fmt if a.get("--format") else None
         action = provider.start(
             a["NAME"], master=a["--master"], node=a["--node"], count=a["--count"],
             release=a["--release"],
@@ -243,13 +228,36 @@ class EmrCommand(PluginCommand):
             say(printer.render_one(action, fmt))
         return 0
 
-    def _upload(self, a, provider):
+    def _stop(self, a, provider, fmt):
+        from cloudmesh.emr import printer
+
+        actions = provider.stop(a["CLUSTERID"])
+        say(printer.render(actions, "action", fmt))
+        for action in actions:
+            if action.get("Error"):
+                warn(f"ERROR: {action['Error']['Message']}")
+        return 1 if any(action.get("Error") for action in actions) else 0
+
+    def _copy(self, a, provider, fmt):
+        action = provider.copy(a["CLUSTERID"][0], a["BUCKET"], a["BUCKETNAME"])
+        say(action["Target"])
+        return 0
+
+    def _run(self, a, provider, fmt):
+        args = list(a["ARGS"])
+        if "--" in args:  # docopt keeps the separator that lets ARGS start with a dash
+            args.remove("--")
+        action = provider.run(a["CLUSTERID"][0], a["BUCKET"], a["BUCKETNAME"], args)
+        say(action["Target"])
+        return 0
+
+    def _upload(self, a, provider, fmt):
         from cloudmesh.emr import printer
 
         filename = a["FILE"]
         progress = None
         try:
-            size = os.path.getsize(filename)
+            size = os.path.getsize(os.path.expanduser(filename))
         except OSError:
             size = 0
         if size > BIG_FILE and sys.stderr.isatty():
