@@ -92,8 +92,10 @@ def main():
 
         say("copy the program onto the master node, then run it with spark-submit")
         copy = cms("emr", "copy", cluster, BUCKET, "wordcount.py", "--cloud=local")
+        # Spark refuses to write into an existing folder: one output folder per cluster
+        output = f"output/{cluster}/"
         step = cms("emr", "run", cluster, BUCKET, "wordcount.py",
-                   f"s3://{BUCKET}/input/sample.txt", f"s3://{BUCKET}/output/", "--cloud=local")
+                   f"s3://{BUCKET}/input/sample.txt", f"s3://{BUCKET}/{output}", "--cloud=local")
         say("wait for the step (cms emr list steps shows its state)")
         wait_for_step(cluster, copy)
         state = wait_for_step(cluster, step)
@@ -101,9 +103,9 @@ def main():
         if state != "COMPLETED":
             raise SystemExit(f"demo stopped: the word count ended {state}; see the Reason above")
 
-        say(f"the top words, read back from s3://{BUCKET}/output/")
+        say(f"the top words, read back from s3://{BUCKET}/{output}")
         lines = []
-        for item in s3.list_objects_v2(Bucket=BUCKET, Prefix="output/").get("Contents", []):
+        for item in s3.list_objects_v2(Bucket=BUCKET, Prefix=output).get("Contents", []):
             if Path(item["Key"]).name.startswith("part-"):
                 body = s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read().decode()
                 lines.extend(line for line in body.splitlines() if line.strip())

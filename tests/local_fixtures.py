@@ -10,6 +10,7 @@ cloud ``local`` points at it.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ __all__ = ["EMULATOR_DELAY", "Emulator", "emulator", "start_emulator", "stop_emu
 
 EMULATOR_DELAY = 0.2  # seconds per lifecycle transition in tests
 STARTUP_TIMEOUT = 60.0
+SPARK_SUBMIT_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 
 def wait_for(check, timeout, interval=0.1, what="the condition"):
@@ -73,6 +75,12 @@ class Emulator:
         """The folder that stands for the cluster's master node."""
         return self.state_dir / "clusters" / cluster_id
 
+    def transitions(self, cluster_id):
+        """The cluster's changes of state as the daemon logged them: [(from, to, reason)]."""
+        pattern = re.compile(rf"cluster {re.escape(cluster_id)}: (\w+) -> (\w+)(?: \((.*)\))?$")
+        found = (pattern.search(line) for line in self.log.read_text().splitlines())
+        return [match.groups() for match in found if match]
+
     def cluster_state(self, cluster_id):
         emr = self.client("emr")
         return emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"]
@@ -106,6 +114,8 @@ def start_emulator(config_dir, delay=EMULATOR_DELAY, env=None):
     environment = dict(os.environ) if env is None else dict(env)
     if env is None:  # the real spark-submit, unless a test asks otherwise
         environment.pop("CLOUDMESH_EMR_LOCAL_SPARK_SUBMIT", None)
+    # the tests' Spark runs are tiny: a JVM that compiles less starts them sooner
+    environment.setdefault("SPARK_SUBMIT_OPTS", SPARK_SUBMIT_OPTS)
     with open(log, "ab") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "cloudmesh.emr.local.daemon", "--host", "127.0.0.1",

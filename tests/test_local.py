@@ -36,9 +36,13 @@ print("reading the input", flush=True)
 raise ValueError("the input is not a number: 'x'")
 """
 
-# writes its pid to the file named by its first argument, then sleeps
+# writes its pid to the file named by its first argument, then sleeps; with a third
+# argument "with-spark" it first starts Spark and runs a task, as a real job would
 SLEEPER = """\
 import os, sys, time
+if sys.argv[3:] == ["with-spark"]:
+    from pyspark import SparkContext
+    SparkContext(appName="sleeper").parallelize([1, 2, 3], 2).map(lambda n: n * n).sum()
 with open(sys.argv[1] + ".partial", "w") as out:
     out.write(str(os.getpid()))
 os.replace(sys.argv[1] + ".partial", sys.argv[1])
@@ -108,6 +112,60 @@ def parent_of(pid):
         return int(stat.read().rpartition(")")[2].split()[1])
 
 
+def group_of(pid):
+    """The process group of ``pid``."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rpartition(")")[2].split()[3])
+
+
+def group_members(group):
+    """The live processes of process group ``group``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if group_of(entry.name) == group and not pid_gone(entry.name):
+                    members.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return members
+
+
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def listening_addresses(pids):
+    """The local addresses on which processes ``pids`` accept TCP connections (Linux)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+    addresses = set()
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(fields[1].split(":")[0])
+            # the kernel prints each 32-bit word in host (little-endian) order
+            packed = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            addresses.add(socket.inet_ntop(family, packed))
+    return addresses
+
+
 def read_log(s3, uri):
     bucket, key = commands.split_s3(uri)
     return gzip.decompress(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).decode()
@@ -165,7 +223,14 @@ def test_cluster_starts_bootstraps_runs_and_waits_with_timeline(emulator, emr):
         return status["State"] == "WAITING"
 
     wait_for(waiting, 30, interval=0.02, what="WAITING")
-    assert seen == ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]
+    order = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]
+    # a poll may miss a short state on a busy machine; the ones seen come in order
+    assert seen[0] == "STARTING" and seen == sorted(seen, key=order.index)
+    assert emulator.transitions(cluster_id) == [
+        ("STARTING", "BOOTSTRAPPING", "Running bootstrap actions"),
+        ("BOOTSTRAPPING", "RUNNING", None),
+        ("RUNNING", "WAITING", "Cluster ready to run steps."),
+    ]
 
     cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
     status = cluster["Status"]
@@ -187,9 +252,13 @@ def test_cluster_starts_bootstraps_runs_and_waits_with_timeline(emulator, emr):
     assert ended == []
 
     emr.terminate_job_flows(JobFlowIds=[cluster_id])
-    assert emulator.cluster_state(cluster_id) == "TERMINATING"
+    assert emulator.cluster_state(cluster_id) in ("TERMINATING", "TERMINATED")
     emr.get_waiter("cluster_terminated").wait(ClusterId=cluster_id,
                                               WaiterConfig={"Delay": 1, "MaxAttempts": 20})
+    assert emulator.transitions(cluster_id)[-2:] == [
+        ("WAITING", "TERMINATING", "USER_REQUEST Terminated by user request"),
+        ("TERMINATING", "TERMINATED", "USER_REQUEST Terminated by user request"),
+    ]
     status = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]
     assert status["State"] == "TERMINATED"
     assert status["StateChangeReason"] == {"Code": "USER_REQUEST",
@@ -201,6 +270,10 @@ def test_cluster_starts_bootstraps_runs_and_waits_with_timeline(emulator, emr):
     assert all(i["Status"]["Timeline"]["EndDateTime"] for i in ended)
     groups = emr.list_instance_groups(ClusterId=cluster_id)["InstanceGroups"]
     assert {g["Status"]["State"] for g in groups} == {"ENDED"}
+    # the EC2 side agrees: the cluster's instances are terminated there too
+    reservations = emulator.client("ec2").describe_instances(
+        InstanceIds=[i["Ec2InstanceId"] for i in ended])["Reservations"]
+    assert {i["State"]["Name"] for r in reservations for i in r["Instances"]} == {"terminated"}
     listed = emr.list_clusters(ClusterStates=["TERMINATED"])["Clusters"]
     assert cluster_id in [c["Id"] for c in listed]
     with pytest.raises(ClientError, match="may not be modified"):
@@ -245,7 +318,7 @@ def test_auto_terminate_after_the_last_step(emulator, emr, bucket):
 
 
 def test_aws_s3_cp_copies_into_the_master_home(emulator, emr, s3, bucket):
-    cluster_id = start_cluster(emr, "copy")
+    cluster_id = start_cluster(emr, "copy", LogUri=f"s3://{bucket}/logs")
     ids = emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[
         copy_step(f"s3://{bucket}/notes/a.txt"),
         copy_step("/home/hadoop/a.txt", f"s3://{bucket}/back/", name="upload"),
@@ -259,7 +332,8 @@ def test_aws_s3_cp_copies_into_the_master_home(emulator, emr, s3, bucket):
     assert (home / "a.txt").read_text() == "alpha\n"
     assert (home / "all" / "sub" / "b.txt").read_text() == "beta\n"
     assert s3.get_object(Bucket=bucket, Key="back/a.txt")["Body"].read() == b"alpha\n"
-    stdout = read_log(s3, f"s3://{LOG_BUCKET}/{cluster_id}/steps/{ids[0]}/stdout.gz")
+    # the logs go to the cluster's own LogUri, in EMR's layout
+    stdout = read_log(s3, f"s3://{bucket}/logs/{cluster_id}/steps/{ids[0]}/stdout.gz")
     assert f"download: s3://{bucket}/notes/a.txt to /home/hadoop/a.txt" in stdout
     emr.terminate_job_flows(JobFlowIds=[cluster_id])
 
@@ -310,6 +384,32 @@ def test_unsupported_steps_fail_with_a_clear_reason(emulator, emr):
     assert "spark-submit and aws s3 cp" in messages[0] and "hive-script" in messages[0]
     assert "command-runner.jar steps only" in messages[1]
     assert "--sse" in messages[2]
+    emr.terminate_job_flows(JobFlowIds=[cluster_id])
+
+
+def test_a_missing_application_fails_before_spark_starts(emulator, emr, s3, bucket):
+    cluster_id = start_cluster(emr, "missing-app", steps=[
+        spark_step(f"s3://{bucket}/jobs/nothing.py", name="no such object"),
+        spark_step("/home/hadoop/nothing.py", name="no such file"),
+        spark_step("--py-files", f"s3://{bucket}/jobs/wordcount.py,s3://{bucket}/jobs/gone.zip",
+                   f"s3://{bucket}/jobs/fail.py", name="no such dependency"),
+    ])
+    ids = [s["Id"] for s in reversed(emr.list_steps(ClusterId=cluster_id)["Steps"])]
+    details = []
+    for step_id in ids:
+        done = emulator.wait_step(cluster_id, step_id, ["FAILED", "COMPLETED"])
+        assert done["Status"]["State"] == "FAILED"
+        details.append(done["Status"]["FailureDetails"])
+    assert {d["Reason"] for d in details} == {"File not found"}
+    assert [d["Message"] for d in details] == [
+        f"spark-submit cannot start: s3://{bucket}/jobs/nothing.py does not exist in S3",
+        "spark-submit cannot start: /home/hadoop/nothing.py does not exist on the master node",
+        f"spark-submit cannot start: s3://{bucket}/jobs/gone.zip does not exist in S3",
+    ]
+    for detail in details:
+        assert detail["Message"] in read_log(s3, detail["LogFile"])
+        controller = read_log(s3, detail["LogFile"].replace("stderr.gz", "controller.gz"))
+        assert "spark-submit exited" not in controller  # Spark never started
     emr.terminate_job_flows(JobFlowIds=[cluster_id])
 
 
@@ -382,11 +482,16 @@ def test_cancel_a_pending_step_then_terminate_during_a_running_one(emulator, emr
     cluster_id = start_cluster(emr, "cancel")
     sleeper, pending = emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[
         spark_step(f"s3://{bucket}/jobs/sleeper.py", "/home/hadoop/sleeper.pid", "120",
-                   name="sleeper"),
+                   "with-spark", name="sleeper"),
         copy_step(f"s3://{bucket}/notes/a.txt", name="pending"),
     ])["StepIds"]
-    driver = wait_pid(emulator, cluster_id, "sleeper.pid")
+    driver = wait_pid(emulator, cluster_id, "sleeper.pid", timeout=120)
     jvm = parent_of(driver)
+    spark = group_members(group_of(jvm))  # spark-submit's JVM, the driver, Python workers
+    assert {jvm, driver} <= set(spark)
+    # Spark listens (driver RPC, block manager, py4j), but on 127.0.0.1 only
+    listening = listening_addresses(spark)
+    assert listening and listening <= LOOPBACK
     assert state_of(emr, cluster_id, sleeper) == "RUNNING"
     assert state_of(emr, cluster_id, pending) == "PENDING"
     assert emulator.cluster_state(cluster_id) == "RUNNING"
@@ -403,8 +508,8 @@ def test_cancel_a_pending_step_then_terminate_during_a_running_one(emulator, emr
     description = emulator.wait_cluster(cluster_id, ["TERMINATED", "TERMINATED_WITH_ERRORS"])
     assert description["Status"]["State"] == "TERMINATED"
     assert state_of(emr, cluster_id, sleeper) == "CANCELLED"
-    wait_for(lambda: pid_gone(driver) and pid_gone(jvm), 15,
-             what="the sleeper's Python driver and JVM to stop")
+    wait_for(lambda: all(pid_gone(pid) for pid in spark), 15,
+             what="the sleeper's JVM, Python driver and workers to stop")
     assert emr.list_steps(ClusterId=cluster_id, StepStates=["RUNNING", "PENDING"])["Steps"] == []
 
 
@@ -481,8 +586,12 @@ def test_control_start_status_stop_and_a_missing_pyspark(tmp_path, monkeypatch):
         fake.parent.mkdir()
         fake.write_text(FAKE_SPARK_SUBMIT)
         fake.chmod(0o755)
+        s3 = boto3.client("s3", endpoint_url=started["Endpoint"], region_name="us-east-1",
+                          aws_access_key_id="local", aws_secret_access_key="local")
+        s3.create_bucket(Bucket="jobs")
+        s3.put_object(Bucket="jobs", Key="job.py", Body=b"print('never runs')\n")
         [running_id] = emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[
-            spark_step("s3://nowhere/job.py")])["StepIds"]
+            spark_step("s3://jobs/job.py")])["StepIds"]
         master = Path(started["StateDir"]) / "clusters" / cluster_id
         pid_file = master / "mnt/var/lib/hadoop/steps" / running_id / "fake-spark.pid"
         step_pid = int(wait_for(lambda: pid_file.is_file() and pid_file.read_text().strip(), 30,
@@ -492,11 +601,12 @@ def test_control_start_status_stop_and_a_missing_pyspark(tmp_path, monkeypatch):
         with pytest.raises(Conflict) as refused:
             control.stop()
         assert cluster_id in refused.value.message and "--force" in refused.value.message
+        assert "loses 1 cluster(s), 2 step(s) and " in refused.value.message
         assert control.endpoint() == started["Endpoint"]
 
         stopped = control.stop(force=True)
         assert stopped["Stopped"] is True and stopped["Pid"] == started["Pid"]
-        assert "1 cluster(s), 2 step(s)" in stopped["Lost"]
+        assert stopped["Lost"].startswith("lost 1 cluster(s), 2 step(s)")
         assert pid_gone(started["Pid"])
         assert pid_gone(step_pid)  # the daemon stopped the step it ran
         assert not (tmp_path / "config" / "emr" / "local" / "daemon.json").exists()
@@ -559,6 +669,29 @@ def test_spark_submit_arguments_are_rewritten_for_a_local_run(tmp_path):
     assert commands.master_path(tmp_path, "/home/hadoop/../../../etc") == tmp_path / "etc"
 
 
+def test_spark_file_options_are_mapped_one_by_one_and_must_exist(tmp_path):
+    plan = commands.spark_plan(
+        ["--py-files", "s3://bkt/deps/a.zip,/home/hadoop/b.py", "--files=s3://bkt/conf.json",
+         "--conf", "spark.x=s3://bkt/in/", "/home/hadoop/job.py", "s3://bkt/data/*.txt"],
+        tmp_path / "s3", tmp_path / "master")
+    args = plan.args
+    assert args[:2] == ["--py-files", f"{tmp_path}/s3/bkt/deps/a.zip,"
+                                      f"{tmp_path}/master/home/hadoop/b.py"]
+    assert args[2] == f"--files={tmp_path}/s3/bkt/conf.json"
+    assert args[-2:] == [f"{tmp_path}/master/home/hadoop/job.py", f"{tmp_path}/s3/bkt/data/*.txt"]
+    # what must exist before Spark starts: the files and the application, not the data
+    assert [name for name, _ in plan.needed] == [
+        "s3://bkt/deps/a.zip", "/home/hadoop/b.py", "s3://bkt/conf.json", "/home/hadoop/job.py"]
+
+
+def test_failure_messages_name_s3_and_the_master_as_the_step_did(tmp_path):
+    mirror, master = tmp_path / "master/mnt/steps/s-1/s3", tmp_path / "master"
+    text = (f"Input path does not exist: file:{mirror}/bkt/in; "
+            f"can't open file '{master}/home/hadoop/job.py'")
+    assert steps.as_on_emr(text, mirror, master) == (
+        "Input path does not exist: s3://bkt/in; can't open file '/home/hadoop/job.py'")
+
+
 def test_the_failure_message_is_the_last_error_line():
     stderr = (
         "Traceback (most recent call last):\n  File \"job.py\", line 3, in <module>\n"
@@ -569,6 +702,16 @@ def test_the_failure_message_is_the_last_error_line():
     assert commands.last_error_line("Exception in thread \"main\" java.io.IOException: x\n"
                                     "26/01/02 10:00:00 INFO X: y\n").startswith("Exception in")
     assert commands.last_error_line("") is None
+    # py4j's own line says only that a Java call failed: the Java exception says why
+    py4j = (
+        "  File \"protocol.py\", line 327, in get_return_value\n"
+        "py4j.protocol.Py4JJavaError: An error occurred while calling o29.partitions.\n"
+        ": org.apache.hadoop.mapred.InvalidInputException: Input path does not exist: s3://b/in\n"
+        "\tat org.apache.hadoop.mapred.FileInputFormat.listStatus(FileInputFormat.java:245)\n"
+        "py4j.protocol.Py4JJavaError: An error occurred while calling o29.partitions.\n"
+    )
+    assert commands.last_error_line(py4j) == (
+        "org.apache.hadoop.mapred.InvalidInputException: Input path does not exist: s3://b/in")
 
 
 def test_missing_pyspark_or_java_say_how_to_install(tmp_path, monkeypatch):
@@ -580,6 +723,17 @@ def test_missing_pyspark_or_java_say_how_to_install(tmp_path, monkeypatch):
     assert Path(program).name == "spark-submit" and Path(home).name == "pyspark"
     with pytest.raises(commands.StepFailure, match="Java 17"):
         steps.java({"PATH": str(tmp_path)})
+    assert steps.java_version(steps.java(dict(os.environ))) >= 17  # the machine's own Java
+    # a Java too old for the installed pyspark is as good as none
+    for version, major in (('"11.0.2" 2019-01-15', 11), ('"1.8.0_392"', 8)):
+        old_java = tmp_path / f"java{major}" / "bin" / "java"
+        old_java.parent.mkdir(parents=True)
+        old_java.write_text(f"#!/bin/sh\necho 'openjdk version {version}' >&2\n")
+        old_java.chmod(0o755)
+        assert steps.java_version(str(old_java)) == major
+        with pytest.raises(commands.StepFailure, match=f"needs Java 17 or later.*Java {major}"):
+            steps.java({"JAVA_HOME": str(old_java.parent.parent), "PATH": ""}, needed=17)
+        assert steps.java({"JAVA_HOME": str(old_java.parent.parent)}, needed=8) == str(old_java)
 
 
 def test_daemon_json_says_where_the_emulator_listens(emulator):
@@ -588,6 +742,8 @@ def test_daemon_json_says_where_the_emulator_listens(emulator):
     assert data["endpoint"] == emulator.endpoint == f"http://127.0.0.1:{data['port']}"
     assert datetime.fromisoformat(data["started"]).utcoffset() == timedelta(0)
     assert control.endpoint(emulator.state_dir) == emulator.endpoint
+    # the daemon's sockets: its port, on 127.0.0.1 and nowhere else
+    assert listening_addresses([emulator.pid]) == {"127.0.0.1"}
 
 
 # ---- through the real `cms` process ---------------------------------------------------
@@ -610,6 +766,55 @@ def test_cms_process_uses_the_emulator_as_cloud_local(emulator, emr, cm, cms_pro
     stopped = cms_process("emr", "stop", cluster_id, "--cloud=local")
     assert stopped.code == 0, stopped.err
     assert emulator.cluster_state(cluster_id) in ("TERMINATING", "TERMINATED")
+
+
+def test_cms_local_start_status_stop_and_cloud_local_without_a_profile(
+        cm, cms_process, monkeypatch):
+    """The user's path: `cms emr local start`, then --cloud=local with no profile for it."""
+    monkeypatch.setenv("CLOUDMESH_EMR_LOCAL_DELAY", "0.2")
+    cm.write()  # the results database only: no cloud named local
+    state = cm.folder / "emr" / "local"
+    assert json.loads(cms_process("emr", "local", "status", "--format=json").out)[
+        "Running"] is False
+    started = cms_process("emr", "local", "start")
+    assert started.code == 0, started.err
+    endpoint = re.search(r"http://127\.0\.0\.1:\d+", started.out).group(0)
+    pid = json.loads((state / "daemon.json").read_text())["pid"]
+    try:
+        assert f"(pid {pid})" in started.out
+        again = cms_process("emr", "local", "start")
+        assert again.code == 0 and "already running" in again.out and endpoint in again.out
+
+        made = cms_process("emr", "start", "no-profile", "--cloud=local", "--count=1")
+        assert made.code == 0, made.err
+        cluster_id = re.search(r"\bj-[A-Z0-9]+\b", made.out).group(0)
+        import boto3
+
+        emr = boto3.client("emr", endpoint_url=endpoint, region_name="us-east-1",
+                           aws_access_key_id="local", aws_secret_access_key="local")
+        wait_for(lambda: emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"][
+            "State"] == "WAITING", 30, what="WAITING")
+        status = json.loads(cms_process("emr", "local", "status", "--format=json").out)
+        assert status["Running"] is True and status["Pid"] == pid
+        assert status["Endpoint"] == endpoint
+        assert status["Clusters"] == {"WAITING": 1} and status["StepsRunning"] == 0
+
+        refused = cms_process("emr", "local", "stop")
+        assert refused.code == 1 and refused.out == ""
+        assert refused.err.startswith("ERROR: ") and refused.err.count("\n") == 1
+        assert cluster_id in refused.err and "--force" in refused.err
+        assert "loses 1 cluster(s)" in refused.err
+        assert not pid_gone(pid)
+
+        stopped = cms_process("emr", "local", "stop", "--force")
+        assert stopped.code == 0, stopped.err
+        assert f"pid {pid}" in stopped.out and "lost 1 cluster(s)" in stopped.out
+        assert pid_gone(pid) and not (state / "daemon.json").exists()
+        gone = cms_process("emr", "list", "clusters", "--cloud=local")
+        assert gone.code == 1 and "cms emr local start" in gone.err
+    finally:
+        if not pid_gone(pid):
+            os.kill(pid, 15)
 
 
 def test_cms_reports_unknown_release_and_cluster_as_aws_would(emulator, cm, cms_process):

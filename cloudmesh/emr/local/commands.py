@@ -26,6 +26,9 @@ GLOB = re.compile(r"[*?\[{]")
 # spark-submit options that take no value (all others take one)
 SPARK_FLAGS = {"--verbose", "-v", "--supervise", "--help", "-h", "--version", "--usage-error"}
 
+# spark-submit options whose value names files that must exist before Spark starts
+SPARK_FILE_OPTIONS = {"--py-files", "--files", "--jars", "--archives", "--properties-file"}
+
 # what the emulator adds to every spark-submit: Spark stays on 127.0.0.1, no web UI
 SPARK_LOCAL_CONF = (
     "spark.ui.enabled=false",
@@ -96,10 +99,16 @@ def split_s3(uri):
 
 @dataclass
 class SparkPlan:
-    """The spark-submit arguments to run (without the program) and the S3 data they use."""
+    """The spark-submit arguments to run (without the program) and the S3 data they use.
+
+    ``needed`` lists what must exist before Spark starts (the application and the
+    files of --py-files, --files, --jars, --archives, --properties-file), each as
+    (the name the step used, an S3Ref or the local Path on the master).
+    """
 
     args: list
     refs: list = field(default_factory=list)
+    needed: list = field(default_factory=list)
 
 
 def spark_plan(args, mirror, master):
@@ -112,17 +121,34 @@ def spark_plan(args, mirror, master):
     emulator's own settings come last so that they win.
     """
     refs = {}
+    needed = []
+    seen = []  # the refs of the token being rewritten
 
     def to_local(match):
         bucket, key = match.group(1), (match.group(2) or "/")[1:]
         ref = refs.setdefault((bucket, key), S3Ref(match.group(0), bucket, key, Path(mirror)))
+        seen.append(ref)
         return str(ref.local) + ("/" if key.endswith("/") else "")
 
-    def rewrite(token):
-        path = token[len("file://") :] if token.startswith("file://" + HOME) else token
-        if path == HOME or path.startswith(HOME + "/"):
-            return str(master_path(master, path))
-        return S3_URI.sub(to_local, token)
+    def rewrite(token, files=False):
+        """The local form of ``token``; with ``files``, what it names must exist.
+
+        Each comma-separated part is mapped on its own (``--py-files a.py,b.zip``).
+        """
+        parts = []
+        for part in token.split(","):
+            path = part[len("file://") :] if part.startswith("file://" + HOME) else part
+            if path == HOME or path.startswith(HOME + "/"):
+                local = master_path(master, path)
+                if files:
+                    needed.append((path, local))
+                parts.append(str(local))
+                continue
+            seen.clear()
+            parts.append(S3_URI.sub(to_local, part))
+            if files:
+                needed.extend((ref.uri, ref) for ref in seen if not GLOB.search(ref.key))
+        return ",".join(parts)
 
     options, rest, master_arg = [], [], None
     index = 0
@@ -137,20 +163,22 @@ def spark_plan(args, mirror, master):
                 master_arg = value
             index += 1
             continue
+        files = name in SPARK_FILE_OPTIONS
         if token.startswith("-") and token not in SPARK_FLAGS and not has_value:
-            options += [token, rewrite(args[index + 1]) if index + 1 < len(args) else ""]
+            value = rewrite(args[index + 1], files) if index + 1 < len(args) else ""
+            options += [token, value]
             index += 2
             continue
         if token.startswith("-"):
-            options.append(rewrite(token))
+            options.append(f"{name}={rewrite(value, files)}" if has_value else rewrite(token))
             index += 1
             continue
-        rest = [rewrite(arg) for arg in args[index:]]
+        rest = [rewrite(args[index], files=True)] + [rewrite(arg) for arg in args[index + 1 :]]
         break
     ours = ["--master", master_arg or "local[*]"]
     for setting in SPARK_LOCAL_CONF:
         ours += ["--conf", setting]
-    return SparkPlan(options + ours + rest, list(refs.values()))
+    return SparkPlan(options + ours + rest, list(refs.values()), needed)
 
 
 @dataclass
@@ -191,6 +219,10 @@ ERROR_LINE = re.compile(
     r"^(?:Exception in thread .*|[A-Za-z_][\w.$]*(?:Error|Exception|Exit|Interrupt|Failure)"
     r"(?::.*)?|Error: .*)$"
 )
+# py4j reports a Java exception as "Py4JJavaError: An error occurred while calling
+# o29.x." followed by ": java.X: what went wrong": that next line says why
+PY4J_ERROR = "py4j.protocol.Py4JJavaError"
+JAVA_CAUSE = re.compile(r"^: ([A-Za-z_][\w.$]*(?:Error|Exception)(?::.*)?)$")
 LOG_LINE = re.compile(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d (?:INFO|WARN|DEBUG|TRACE) ")
 NOISE = ("WARNING: Using incubator modules",)
 
@@ -199,13 +231,18 @@ def last_error_line(*texts):
     """The line that best says why a program failed, or None.
 
     ``texts`` in order of preference (stderr, then stdout): the last line that names
-    an error in the first text that has one, else the last line that is not one of
-    Spark's log lines.
+    an error in the first text that has one (for a Py4JJavaError, the Java exception
+    behind it), else the last line that is not one of Spark's log lines.
     """
     outputs = [[line.rstrip() for line in text.splitlines() if line.strip()] for text in texts]
     for lines in outputs:
         for line in reversed(lines):
             if ERROR_LINE.match(line):
+                if line.startswith(PY4J_ERROR):
+                    causes = [JAVA_CAUSE.match(other) for other in lines]
+                    causes = [cause.group(1) for cause in causes if cause]
+                    if causes:
+                        return causes[-1]
                 return line
     for lines in outputs:
         for line in reversed(lines):

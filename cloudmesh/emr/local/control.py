@@ -35,6 +35,7 @@ START_TIMEOUT = 60.0  # seconds for a new daemon to serve
 STOP_TIMEOUT = 20.0  # seconds between SIGTERM and SIGKILL
 PORT_HINT = "give a port 1..65535, or 0 (or no --port) for a free one"
 NOT_RUNNING = "the local emulator is not running: start it with 'cms emr local start'"
+EVERYTHING = "everything it held in memory: clusters, steps and S3 objects"
 
 
 def _state(state=None):
@@ -268,17 +269,27 @@ def stop(force=False, state=None):
         return {"Stopped": False, "Pid": None, "Endpoint": None,
                 "Lost": "nothing: the local emulator is not running"}
     url = data.get("endpoint")
-    lost = "everything it held in memory: clusters, steps and S3 objects"
+    lost = f"lost {EVERYTHING}"
     if port_answers(data.get("port")):
-        clusters = _clusters(url)
-        active = [c["Id"] for c in clusters if c["Status"]["State"] in ACTIVE_STATES]
-        if active and not force:
-            raise Conflict(
-                f"the local emulator has {len(active)} active cluster(s): "
-                f"{', '.join(sorted(active))}; "
-                "stop them with 'cms emr stop CLUSTERID', or use 'cms emr local stop --force'"
-            )
-        lost = _lost(url, clusters)
+        try:
+            clusters = _clusters(url)
+        except Exception as error:  # botocore's errors, without importing botocore here
+            if not force:
+                raise AwsError(
+                    f"the local emulator at {url} did not answer ({error}); "
+                    f"'cms emr local stop --force' stops it anyway and loses {EVERYTHING}"
+                ) from None
+            clusters = None
+        if clusters is not None:
+            active = [c["Id"] for c in clusters if c["Status"]["State"] in ACTIVE_STATES]
+            what = _lost(url, clusters)
+            if active and not force:
+                raise Conflict(
+                    f"the local emulator has {len(active)} active cluster(s): "
+                    f"{', '.join(sorted(active))}; stop them with 'cms emr stop CLUSTERID', "
+                    f"or use 'cms emr local stop --force', which loses {what}"
+                )
+            lost = f"lost {what}"
     _terminate(int(pid))
     remove(state, pid)
     return {"Stopped": True, "Pid": int(pid), "Endpoint": url, "Lost": lost}
@@ -311,10 +322,12 @@ def _lost(url, clusters):
             for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
                 objects += page.get("KeyCount", 0)
     except Exception:  # counting is a courtesy; the daemon still stops
-        return "everything it held in memory: clusters, steps and S3 objects"
+        return EVERYTHING
+    if not clusters and not buckets:
+        return "nothing (it held no cluster and no S3 bucket)"
     return (
-        f"{len(clusters)} cluster(s), {steps} step(s), {len(buckets)} bucket(s) with "
-        f"{objects} S3 object(s), all held in memory only"
+        f"{len(clusters)} cluster(s), {steps} step(s) and {objects} S3 object(s) in "
+        f"{len(buckets)} bucket(s), held in memory only"
     )
 
 

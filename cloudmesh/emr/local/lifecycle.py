@@ -11,8 +11,11 @@ walks all clusters of all accounts and regions:
   step failed) once its running steps have stopped;
 * steps: PENDING -> RUNNING -> COMPLETED | FAILED | CANCELLED, in order, at most
   StepConcurrencyLevel at a time, with ActionOnFailure applied;
-* instance groups and instances follow their cluster; NormalizedInstanceHours grows.
+* instance groups and instances follow their cluster (the EC2 instances that moto
+  launched for it are terminated with it); NormalizedInstanceHours grows.
 
+Every change of state is logged (the daemon's log: ``cluster j-X: A -> B (reason)``,
+``step s-X of j-Y: A -> B``), so what happened between two requests is on record.
 Every change happens under ``lock``, which the patched moto operations (see
 ``patches.py``) take as well, so a request never sees half a transition.
 """
@@ -160,6 +163,10 @@ class Engine:
         cluster.local_ran_steps = False
 
     def enter(self, cluster, state, reason=(None, None)):
+        if cluster.state != state:
+            because = " ".join(str(part) for part in reason if part)
+            log.info("cluster %s: %s -> %s%s", cluster.id, cluster.state, state,
+                     f" ({because})" if because else "")
         cluster.state = state
         cluster.state_change_code, cluster.last_state_change_reason = reason
         cluster.local_since = time.monotonic()
@@ -225,6 +232,18 @@ class Engine:
             if step.state not in STEP_ENDED:
                 self.end_step(step, CANCELLED, "Cancelled because the cluster terminated")
         self.enter(cluster, cluster.local_final, reason)
+        self.end_instances(cluster)
+
+    @staticmethod
+    def end_instances(cluster):
+        """Terminate the EC2 instances moto launched for the cluster (moto keeps them running)."""
+        ids = [member.ec2_instance_id for member in getattr(cluster, "ec2_instances", [])]
+        if not ids:
+            return
+        try:
+            cluster.emr_backend.ec2_backend.terminate_instances(ids)
+        except Exception as error:  # EMR's own view is right already; say what EC2 missed
+            log.warning("cluster %s: cannot terminate its EC2 instances: %s", cluster.id, error)
 
     def terminate(self, cluster):
         """TerminateJobFlows: what moto's Cluster.terminate does in the emulator."""
@@ -259,7 +278,14 @@ class Engine:
 
     # ---- steps ----------------------------------------------------------------
 
+    @staticmethod
+    def note_step(step, state, message=None):
+        if step.state != state:
+            log.info("step %s of %s: %s -> %s%s", step.id, getattr(step, "local_cluster", "?"),
+                     step.state, state, f" ({message})" if message else "")
+
     def start_step(self, cluster, step):
+        self.note_step(step, RUNNING)
         step.state = RUNNING
         step.start_date_time = utcnow()
         step.last_state_change_reason = None
@@ -269,12 +295,14 @@ class Engine:
         run.start()
 
     def end_step(self, step, state, message=None, failure=None):
+        self.note_step(step, state, message or (failure or {}).get("Message"))
         step.state = state
         step.end_date_time = utcnow()
         step.last_state_change_reason = message
         step.failure_details = failure
 
     def stop_step(self, step, message, kill=False):
+        self.note_step(step, CANCEL_PENDING, message)
         step.state = CANCEL_PENDING
         step.last_state_change_reason = message
         run = self.runs.get(step.id)

@@ -104,6 +104,7 @@ def install(engine):
         added = []
         for spec in steps:
             step = Step(state="PENDING", **spec)
+            step.local_cluster = self.id  # for the engine's log
             if level > 1 and step.action_on_failure != "CONTINUE":
                 raise ValidationException(
                     f"ActionOnFailure {step.action_on_failure} is not valid for a cluster with "

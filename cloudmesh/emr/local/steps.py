@@ -6,16 +6,24 @@ A step runs in ``<master>/mnt/var/lib/hadoop/steps/<step-id>``, writes its outpu
 to ``<master>/mnt/var/log/hadoop/steps/<step-id>/{controller,stdout,stderr}``, and
 those logs are gzip'ed to ``<LogUri>/<cluster-id>/steps/<step-id>/`` as EMR does.
 
+Before Spark starts, the application and the files named by --py-files, --files,
+--jars, --archives and --properties-file must exist (a missing one fails the step at
+once, not after a JVM start), and Java must be new enough for the installed pyspark.
+A failed step's FailureDetails name paths as the step did (``s3://...``,
+``/home/hadoop/...``), not as the local mirror holds them.
+
 ``spark-submit`` runs as a child process in its own process group, so that
 cancelling the step (CancelSteps, the cluster terminating, the daemon stopping)
 stops Spark's JVM and its Python workers together. ``aws s3 cp`` runs in-process.
 """
 
 import gzip
+import importlib.metadata
 import importlib.util
 import logging
 import os
 import posixpath
+import re
 import shutil
 import signal
 import subprocess
@@ -42,6 +50,11 @@ SPARK_SUBMIT_ENV = "CLOUDMESH_EMR_LOCAL_SPARK_SUBMIT"  # another spark-submit to
 INSTALL_PYSPARK = "pip install 'cloudmesh-emr[local]'"
 LOCAL_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
 GRACE = 5.0  # seconds between SIGTERM and SIGKILL when a step is stopped
+INSTALL_JAVA = (
+    "install Java 17 (for example OpenJDK 17), put its java on PATH or set JAVA_HOME, "
+    "then restart the emulator"
+)
+JAVA_VERSION = re.compile(r'version "(\d+)(?:\.(\d+))?')
 
 
 @dataclass
@@ -146,19 +159,78 @@ def spark_submit():
     return str(program), str(home)
 
 
-def java(env):
-    """The java that spark-submit will run; StepFailure if there is none."""
+def java(env, needed=None):
+    """The java that spark-submit will run; StepFailure if there is none, or too old.
+
+    ``needed``: the lowest Java major version the installed pyspark runs on (17 for
+    pyspark 4, 8 for pyspark 3); None: the one of the installed pyspark, if any.
+    """
     home = env.get("JAVA_HOME")
     if home and os.access(os.path.join(home, "bin", "java"), os.X_OK):
-        return os.path.join(home, "bin", "java")
-    found = shutil.which("java", path=env.get("PATH"))
-    if found:
-        return found
-    raise StepFailure(
-        "Java is not installed",
-        "spark-submit needs a Java 17 runtime: install Java 17 (for example OpenJDK 17), "
-        "put java on PATH or set JAVA_HOME, then restart the emulator",
-    )
+        program = os.path.join(home, "bin", "java")
+    else:
+        program = shutil.which("java", path=env.get("PATH"))
+    if not program:
+        raise StepFailure(
+            "Java is not installed", f"spark-submit needs a Java 17 runtime: {INSTALL_JAVA}"
+        )
+    needed = pyspark_java() if needed is None else needed
+    found = java_version(program)
+    if needed and found and found < needed:
+        raise StepFailure(
+            "Java is too old",
+            f"the installed pyspark needs Java {needed} or later, {program} is Java {found}: "
+            f"{INSTALL_JAVA}",
+        )
+    return program
+
+
+def pyspark_java():
+    """The lowest Java major version the installed pyspark runs on, or None if unknown."""
+    try:
+        major = int(importlib.metadata.version("pyspark").split(".")[0])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return None
+    return 17 if major >= 4 else 8
+
+
+_java_versions = {}
+
+
+def java_version(program):
+    """The major version of the ``program`` (a java), or None when it does not say."""
+    try:
+        key = (program, os.stat(program).st_mtime_ns)
+    except OSError:
+        return None
+    if key not in _java_versions:
+        try:
+            done = subprocess.run([program, "-version"], capture_output=True, text=True,
+                                  timeout=60, stdin=subprocess.DEVNULL)
+            match = JAVA_VERSION.search(done.stderr + done.stdout)
+        except (OSError, subprocess.SubprocessError):
+            match = None
+        version = None
+        if match:  # "1.8.0_392" is Java 8, "17.0.15" Java 17
+            version = int(match.group(1))
+            if version == 1 and match.group(2):
+                version = int(match.group(2))
+        _java_versions[key] = version
+    return _java_versions[key]
+
+
+def as_on_emr(text, mirror, master):
+    """``text`` with a step's local paths named as on EMR.
+
+    ``mirror`` holds the step's copy of S3 (``mirror/bucket/key``: ``s3://bucket/key``),
+    ``master`` stands for the master node's file system (``master/home/hadoop``:
+    ``/home/hadoop``), so a failure message names what the user named.
+    """
+    mirror, master = str(mirror), str(master)
+    for local, emr in ((f"file://{mirror}/", "s3://"), (f"file:{mirror}/", "s3://"),
+                       (f"{mirror}/", "s3://"), (f"{master}/", "/")):
+        text = text.replace(local, emr)
+    return text
 
 
 class StepRun:
@@ -262,11 +334,16 @@ class StepRun:
                 print(message, file=err)
                 result = Result(False, {"Reason": "Internal error of the local emulator",
                                         "Message": message})
+            if result.failure and result.failure.get("Message"):
+                result.failure["Message"] = self.as_on_emr(result.failure["Message"])
             self.note(f"step ended: {'ok' if result.ok else result.failure}")
         log_file = self._upload_logs(paths)
         if result.failure is not None and log_file:
             result.failure["LogFile"] = log_file
         return result
+
+    def as_on_emr(self, text):
+        return as_on_emr(text, self.workdir / "s3", self.master)
 
     def note(self, line):
         self.ctl.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
@@ -298,11 +375,12 @@ class StepRun:
     def _spark(self, args):
         program, spark_home = spark_submit()
         env = dict(os.environ)
-        java(env)
+        java(env, None if spark_home else 0)  # another spark-submit: its Java is its own
         plan = spark_plan(args, self.workdir / "s3", self.master)
         s3 = self.runner.s3(self.account)
         for ref in plan.refs:
             self._download(s3, ref)
+        self._check_needed(plan.needed)
         before = self._snapshot(plan.refs)
         env.update(SPARK_LOCAL_IP="127.0.0.1", SPARK_LOCAL_HOSTNAME="localhost",
                    PYTHONUNBUFFERED="1")
@@ -344,6 +422,19 @@ class StepRun:
             reason = f"spark-submit exited with status {code}"
             raise StepFailure(reason, last_error_line(stderr, stdout) or reason)
         return Result(True)
+
+    @staticmethod
+    def _check_needed(needed):
+        """Fail before Spark starts when the application or a file it needs is missing."""
+        for name, target in needed:
+            local = target.local if hasattr(target, "local") else target
+            if local.is_file() or (local.is_dir() and any(local.iterdir())):
+                continue
+            where = "in S3" if hasattr(target, "local") else "on the master node"
+            raise StepFailure(
+                "File not found",
+                f"spark-submit cannot start: {name} does not exist {where}",
+            )
 
     def _download(self, s3, ref):
         """Mirror the object named by ``ref``, or every object under its prefix."""
