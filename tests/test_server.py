@@ -7,6 +7,7 @@ Most tests use connexion's test client on the app of create_app with in-process 
 """
 
 import datetime
+import http.client
 import io
 import itertools
 import json
@@ -16,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -175,6 +175,39 @@ def test_spec_is_valid_openapi_and_names_our_functions():
         **spec["components"]["securitySchemes"]["bearer"], "type": "http", "scheme": "bearer"}
 
 
+def _resolve(spec, node):
+    while "$ref" in node:
+        target = spec
+        for part in node["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def test_spec_has_an_example_for_every_parameter_body_and_answer():
+    spec = yaml.safe_load(SPEC.read_text())
+    missing = []
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            where = f"{method.upper()} {path}"
+            for parameter in item.get("parameters", []) + op.get("parameters", []):
+                parameter = _resolve(spec, parameter)
+                if not {"example", "examples"} & set(parameter):
+                    missing.append(f"{where} parameter {parameter['name']}")
+            answers = {status: _resolve(spec, answer) for status, answer in op["responses"].items()}
+            bodies = {"request": _resolve(spec, op["requestBody"])} if "requestBody" in op else {}
+            for name, message in {**bodies, **answers}.items():
+                for media_type, content in message.get("content", {}).items():
+                    schema = _resolve(spec, content.get("schema", {}))
+                    binary = schema.get("format") == "binary" or any(
+                        p.get("format") == "binary" for p in schema.get("properties", {}).values())
+                    if not binary and not {"example", "examples"} & set(content):
+                        missing.append(f"{where} {name} {media_type}")
+    assert missing == []
+
+
 def test_swagger_ui_and_spec_are_served(client):
     ui = client.get("/ui/")
     assert ui.status_code == 200 and "swagger" in ui.text.lower()
@@ -187,7 +220,7 @@ def test_help_does_not_import_connexion():
     code = ("import sys; from cloudmesh.emr.command.emr import EmrCommand; "
             "EmrCommand().run(['--help']); "
             "sys.exit(1 if {'connexion', 'cloudmesh.emr.api.server'} & set(sys.modules) else 0)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
 
@@ -278,6 +311,25 @@ def test_list_steps_by_state(client, emr, cm):
     assert [s["Id"] for s in client.get(f"/clusters/{cluster_id}/steps?state={word}").json()] == [step_id]
     assert client.get(f"/clusters/{cluster_id}/steps?state=failed").json() == []
     assert by_id(cm.docs("aws", "step"))[step_id]["ClusterId"] == cluster_id
+
+
+def test_the_records_are_the_documents_the_command_line_writes(client, emr, cm, cms):
+    cluster_id = run_job_flow(emr, "twice", core=1)
+    client.post(f"/clusters/{cluster_id}/steps",
+                json={"type": "copy", "bucket": "data-bucket", "key": "a.txt"})
+    kinds = ("cluster", "instance", "step")
+
+    def documents():
+        return {kind: {d["_id"]: {**d, "cm": {k: v for k, v in d["cm"].items() if k != "modified"}}
+                       for d in cm.docs("aws", kind)} for kind in kinds}
+
+    for path in ("/clusters", f"/clusters/{cluster_id}/instances", f"/clusters/{cluster_id}/steps"):
+        assert client.get(path).status_code == 200
+    by_rest = documents()
+    for args in (["list", "clusters"], ["list", "instances", cluster_id],
+                 ["list", "steps", cluster_id]):
+        assert cms(*args).code == 0
+    assert documents() == by_rest and all(by_rest[kind] for kind in kinds)
 
 
 # ---- starting and stopping ---------------------------------------------------------------
@@ -425,6 +477,50 @@ def test_upload_raw_bytes_and_a_form(client, s3, cm):
     assert action["Response"]["ContentLength"] == len(words)
 
 
+def test_upload_a_chunked_body_and_one_without_content_type(client, s3, cm):
+    parts = [b"first part\n" * 500, b"second part\n" * 500]  # a generator's body goes chunked
+    chunked = client.put("/buckets/data-bucket/objects/in/chunked.txt", content=iter(parts),
+                         headers={"Content-Type": "application/octet-stream"})
+    assert chunked.status_code == 201, chunked.text
+    stored = s3.get_object(Bucket="data-bucket", Key="in/chunked.txt")["Body"].read()
+    assert stored == b"".join(parts)
+    bare = client.put("/buckets/data-bucket/objects/in/bare.txt", content=b"as curl -T sends it")
+    assert bare.status_code == 201, bare.text
+    stored = s3.get_object(Bucket="data-bucket", Key="in/bare.txt")["Body"].read()
+    assert stored == b"as curl -T sends it"
+    sizes = {a["Target"]: a["Response"]["ContentLength"] for a in cm.docs("aws", "action")}
+    assert sizes == {"s3://data-bucket/in/chunked.txt": len(b"".join(parts)),
+                     "s3://data-bucket/in/bare.txt": 19}
+
+
+def test_upload_keeps_the_slashes_inside_a_key_and_refuses_a_leading_one(client, s3):
+    octets = {"Content-Type": "application/octet-stream"}
+    answer = client.put("/buckets/data-bucket/objects/logs//2025/a.txt", content=b"x",
+                        headers=octets)
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["Url"] == "s3://data-bucket/logs//2025/a.txt"
+    assert s3.get_object(Bucket="data-bucket", Key="logs//2025/a.txt")["Body"].read() == b"x"
+    problem = is_problem(client.put("/buckets/data-bucket/objects//etc/passwd", content=b"x",
+                                    headers=octets), 400)
+    assert "/etc/passwd" in problem["detail"]
+
+
+@pytest.mark.parametrize("request_body, words", [
+    ({"content": b"", "headers": {"Content-Type": "application/octet-stream"}}, ["empty"]),
+    ({}, ["empty"]),
+    ({"files": {"file": ("empty.txt", b"")}}, ["empty"]),
+    ({"files": {"file": (None, "text, not a file")}}, ["plain field", "file=@"]),
+    ({"files": {"other": ("a.txt", b"x")}}, ["other", "file"]),
+    ({"files": {"file": ("a.txt", b"x"), "other": ("b.txt", b"y")}}, ["other", "file"]),
+])
+def test_upload_refuses_a_missing_file(client, s3, cm, request_body, words):
+    problem = is_problem(client.put("/buckets/data-bucket/objects/a.txt", **request_body), 400)
+    assert all(word in problem["detail"] for word in words), problem["detail"]
+    assert problem["type"].endswith(":bad-request")
+    assert s3.list_objects_v2(Bucket="data-bucket").get("Contents", []) == []
+    assert cm.docs("aws", "action") == []
+
+
 def test_upload_to_a_missing_or_bad_bucket(client, s3):
     problem = is_problem(client.put("/buckets/no-such-bucket/objects/a.py", content=b"x",
                                     headers={"Content-Type": "application/octet-stream"}), 404)
@@ -447,11 +543,58 @@ def test_upload_to_a_missing_or_bad_bucket(client, s3):
 def test_unknown_filter_word_is_400_naming_it_and_the_valid_ones(client, path, word, valid):
     problem = is_problem(client.get(path), 400)
     assert f"'{word}'" in problem["detail"] and valid in problem["detail"]
+    assert problem["detail"].split(":")[0] in ("status", "type", "state")  # not --status
     assert problem["title"] == "Bad request" and problem["type"].endswith(":bad-request")
 
 
-def test_malformed_cluster_id_is_400(client):
-    is_problem(client.get("/clusters/cluster-1"), 400)
+def test_malformed_cluster_id_is_400_in_one_line(client):
+    problem = is_problem(client.get("/clusters/cluster-1"), 400)
+    assert "'cluster-1'" in problem["detail"] and "^j-" in problem["detail"]
+    assert "\n" not in problem["detail"]  # not jsonschema's dump of the whole schema
+    assert problem["title"] == "Bad request" and problem["type"].endswith(":bad-request")
+
+
+@pytest.mark.parametrize("method, path, body, words", [
+    ("GET", "/clusters?colour=red", None, ["colour", "status"]),
+    ("GET", "/clusters/j-ABC?verbose=1", None, ["verbose", "none"]),
+    ("GET", "/clusters/j-ABC/instances?state=run", None, ["state", "status, type"]),
+    ("POST", "/clusters", {"name": "x", "colour": "red"},
+     ["'colour'", "name, master, node, count, release"]),
+    ("POST", "/clusters/j-ABC/steps", {"type": "spark", "bucket": "data-bucket", "key": "a.py",
+                                       "jar": "x.jar"}, ["'jar'", "type, bucket, key, args"]),
+])
+def test_an_unknown_name_is_400_listing_the_known_ones(client, emr, method, path, body, words):
+    problem = is_problem(client.request(method, path, json=body), 400)
+    assert all(word in problem["detail"] for word in words), problem["detail"]
+    assert problem["type"].endswith(":bad-request")
+    assert emr.list_clusters()["Clusters"] == []
+
+
+def test_a_json_body_without_content_type_is_read_as_json(client, emr):
+    answer = client.post("/clusters", content=json.dumps({"name": "bare", "count": 2}))
+    assert answer.status_code == 201, answer.text
+    cluster = emr.describe_cluster(ClusterId=answer.json()["ClusterId"])["Cluster"]
+    assert cluster["Name"] == "bare"
+    problem = is_problem(client.post("/clusters", content=b'{"count": 2}'), 400)
+    assert "'name'" in problem["detail"]
+
+
+def test_head_answers_like_get_without_the_body(client, emr, cm):
+    cluster_id = run_job_flow(emr, "headed")
+    for path in ("/clusters", f"/clusters/{cluster_id}", f"/clusters/{cluster_id}/steps"):
+        get, head = client.get(path), client.head(path)
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == get.headers["content-length"]
+    head = client.head("/clusters/j-NOSUCHCLUSTER")
+    assert head.status_code == 404 and head.content == b""
+
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/clusters/j-ABC%0Afake"), ("GET", "/clusters/%0A/steps"), ("GET", "/nowhere"),
+    ("PUT", "/buckets/data-bucket/objects/a%0A"),
+])
+def test_a_path_no_operation_takes_is_404_not_500(client, s3, method, path):
+    is_problem(client.request(method, path, content=b"x"), 404)
 
 
 @pytest.mark.parametrize("method, path, body", [
@@ -521,6 +664,18 @@ def test_an_unexpected_failure_is_a_500_problem_without_internals(client, monkey
     assert any("RuntimeError" in r.getMessage() for r in caplog.records)  # the log says
 
 
+def test_an_answer_that_does_not_fit_the_spec_is_a_500_problem_and_logged(client, monkeypatch,
+                                                                           caplog):
+    from cloudmesh.emr.api.provider import Provider
+
+    monkeypatch.setattr(Provider, "list_clusters", lambda self, status=None: [{"Name": "no id"}])
+    with caplog.at_level(logging.ERROR, logger="cloudmesh.emr.server"):
+        problem = is_problem(client.get("/clusters"), 500)
+    assert problem["type"].endswith(":internal") and "no id" not in json.dumps(problem)
+    assert any("does not conform" in r.getMessage() and "'Id'" in r.getMessage()
+               for r in caplog.records)
+
+
 # ---- the bearer token and the access log -----------------------------------------------------
 
 
@@ -557,6 +712,26 @@ def test_token_rejected_without_it_and_accepted_with_it(emr, caplog):
     assert TOKEN not in caplog.text
 
 
+def test_the_token_is_compared_in_constant_time(emr, monkeypatch):
+    import hmac
+
+    from cloudmesh.emr.api.server import create_app
+
+    compared = []
+    compare_digest = hmac.compare_digest
+
+    def spy(given, expected):
+        compared.append((given, expected))
+        return compare_digest(given, expected)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    with create_app(token=TOKEN, host="0.0.0.0").test_client() as client:
+        assert client.get("/clusters", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        good = client.get("/clusters", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert good.status_code == 200
+    assert compared == [(b"wrong", TOKEN.encode()), (TOKEN.encode(), TOKEN.encode())]
+
+
 def test_a_configured_token_is_required_on_loopback_too(cm, emr):
     from cloudmesh.emr.api.server import create_app
 
@@ -570,11 +745,16 @@ def test_access_log_has_one_line_per_request(client, caplog):
         client.get("/clusters?status=wait")
         client.get("/clusters/j-NOSUCHCLUSTER")
         client.get("/openapi.json")
+        client.head("/clusters")
+        client.get("/clusters/j-A%0D%0AGET /forged 200 1.0 ms")
     lines = [r.getMessage() for r in caplog.records if r.name == "cloudmesh.emr.server.access"]
-    assert len(lines) == 3
+    assert len(lines) == 5
     assert lines[0].startswith("GET /clusters 200 ") and lines[0].endswith(" ms")
     assert lines[1].startswith("GET /clusters/j-NOSUCHCLUSTER 404 ")
     assert lines[2].startswith("GET /openapi.json 200 ")
+    assert lines[3].startswith("HEAD /clusters 200 ")
+    assert lines[4].startswith("GET /clusters/j-A%0D%0AGET%20/forged%20200%201.0%20ms 404 ")
+    assert not any("\n" in line or "\r" in line for line in lines)
 
 
 @pytest.fixture
@@ -585,7 +765,7 @@ def no_bind(monkeypatch):
     from cloudmesh.emr.api import server
 
     served = []
-    monkeypatch.setattr(server, "_check_address", lambda host, port: None)
+    monkeypatch.setattr(server, "_listen", lambda host, port: socket.socket())  # never bound
     monkeypatch.setattr(server, "_log_to_stderr", lambda: None)  # leave pytest's logging be
 
     def run(self, sockets=None):
@@ -647,7 +827,21 @@ def _call(url, method="GET", body=None, timeout=30):
         return error.code, json.loads(error.read() or b"null")
 
 
+def _read_until(stream, text, seen):
+    """Read lines of the server's stderr into ``seen`` until one holds ``text``."""
+    for line in iter(stream.readline, ""):
+        seen.append(line)
+        if text in line:
+            return line
+    raise AssertionError(f"the server ended before it said '{text}':\n{''.join(seen)}")
+
+
 def test_cms_emr_server_start_serves_until_interrupted(moto_cloud, cm):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=moto_cloud, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3.create_bucket(Bucket="served-bucket")
     port = free_port()
     executable = Path(sys.executable).parent / "cms"
     command = [str(executable)] if executable.exists() else [sys.executable, "-m",
@@ -656,17 +850,12 @@ def test_cms_emr_server_start_serves_until_interrupted(moto_cloud, cm):
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "CLOUDMESH_CONFIG_DIR": str(cm.folder)})
     base = f"http://127.0.0.1:{port}"
+    seen = []
+    objects = "/buckets/served-bucket/objects"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.communicate()[1]
-            try:
-                status, clusters = _call(f"{base}/clusters", timeout=5)
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert time.monotonic() < deadline, "the server did not answer within 60 s"
-                time.sleep(0.2)
-        assert (status, clusters) == (200, [])
+        # the socket listens before the server says where it is: no polling needed
+        _read_until(process.stderr, f"at {base}/", seen)
+        assert _call(f"{base}/clusters") == (200, [])
         status, started = _call(f"{base}/clusters", "POST", {"name": "served", "count": 2})
         assert status == 201, started
         status, clusters = _call(f"{base}/clusters")
@@ -675,6 +864,40 @@ def test_cms_emr_server_start_serves_until_interrupted(moto_cloud, cm):
         assert status == 400 and "'nap'" in problem["detail"]
         with urllib.request.urlopen(f"{base}/ui/", timeout=10) as ui:
             assert ui.status == 200
+
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", "/clusters")
+        get = connection.getresponse()
+        length = len(get.read())
+        connection.request("HEAD", "/clusters")
+        head = connection.getresponse()
+        assert head.status == 200 and head.read() == b""
+        assert int(head.getheader("Content-Length")) == length > 2
+        # a chunked body (a pipe, a generator) is stored whole, not as an empty object
+        parts = [b"spark " * 1000, b"line\n" * 3000, b"end"]
+        connection.request("PUT", f"{objects}/jobs/chunked.txt", body=iter(parts),
+                           headers={"Content-Type": "application/octet-stream"},
+                           encode_chunked=True)
+        answer = connection.getresponse()
+        assert answer.status == 201, answer.read()
+        answer.read()
+        # a form without its file: a 400, and no line on stderr but the access line
+        connection.request("PUT", f"{objects}/jobs/form.txt", body=b"--xyz--\r\n",
+                           headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+        answer = connection.getresponse()
+        assert answer.status == 400 and "'file'" in json.loads(answer.read())["detail"]
+        connection.close()
+        stored = s3.get_object(Bucket="served-bucket", Key="jobs/chunked.txt")["Body"].read()
+        assert stored == b"".join(parts)
+
+        # a client that goes away in the middle of its (chunked) body leaves no object
+        with socket.create_connection(("127.0.0.1", port)) as cut:
+            cut.sendall(f"PUT {objects}/cut.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                        "Content-Type: application/octet-stream\r\n"
+                        "Transfer-Encoding: chunked\r\n\r\n".encode()
+                        + b"3e8\r\n" + b"x" * 1000 + b"\r\n")
+        line = _read_until(process.stderr, f"PUT {objects}/cut.bin ", seen)  # its access line
+        assert f"PUT {objects}/cut.bin 400 " in line
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -682,11 +905,23 @@ def test_cms_emr_server_start_serves_until_interrupted(moto_cloud, cm):
         except subprocess.TimeoutExpired:
             process.kill()
             out, err = process.communicate()
+    err = "".join(seen) + err
     assert process.returncode == 0, err
-    assert f"http://127.0.0.1:{port}/" in err
+    assert "cut.bin" not in [o["Key"] for o in s3.list_objects_v2(
+        Bucket="served-bucket").get("Contents", [])]
     assert "POST /clusters 201 " in err and "GET /clusters 400 " in err
+    assert "HEAD /clusters 200 " in err and f"PUT {objects}/jobs/chunked.txt 201 " in err
+    lines = err.splitlines()
+    access = [line for line in lines if line.split(" ")[1] in ("GET", "HEAD", "POST", "PUT")
+              and line.endswith(" ms")]
+    assert len(access) == 10, err  # one line per request
+    others = [line for line in lines if line not in access]
+    assert len(others) == 2, err  # where it listens, and that the cut upload was not stored
+    assert "disconnected" in others[1] and "nothing was stored" in others[1]
     assert "Traceback" not in err and "testing-secret-never-shown" not in out + err
     assert by_id(cm.docs("moto", "cluster"))[started["ClusterId"]]["Name"] == "served"
+    [upload] = [a for a in cm.docs("moto", "action") if a["Action"] == "upload"]
+    assert upload["Response"]["ContentLength"] == len(b"".join(parts))
 
 
 def test_server_start_refuses_a_bad_or_busy_port(cms, cm):
@@ -716,10 +951,11 @@ def test_schemathesis_finds_no_server_error_and_no_nonconforming_answer(emr, s3,
 
     from cloudmesh.emr.api.server import create_app
 
-    # something to find: a waiting cluster, a protected one, a step, an object
+    # something to find: a waiting cluster, a protected one, one to stop, a step, an object
     waiting = run_job_flow(emr, "waiting")
     set_cluster(waiting, state="WAITING")
     protected = run_job_flow(emr, "protected", protected=True)
+    doomed = run_job_flow(emr, "doomed")
     emr.add_job_flow_steps(JobFlowId=waiting, Steps=[{
         "Name": "s", "ActionOnFailure": "CONTINUE",
         "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}}])
@@ -730,7 +966,7 @@ def test_schemathesis_finds_no_server_error_and_no_nonconforming_answer(emr, s3,
     headers = {"Authorization": f"Bearer {TOKEN}"}
     checks = [not_a_server_error, status_code_conformance, content_type_conformance,
               response_headers_conformance, response_schema_conformance]
-    known = [waiting, protected]
+    known = {"DELETE": [doomed, protected]}  # the waiting cluster stays to take steps
     modes = [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE]
     turn = itertools.count()
     seen = {}
@@ -748,7 +984,8 @@ def test_schemathesis_finds_no_server_error_and_no_nonconforming_answer(emr, s3,
                 # every other positive case aims at what exists, so success paths run too
                 if positive and next(turn) % 2:
                     if "cluster_id" in case.path_parameters:
-                        case.path_parameters["cluster_id"] = known[next(turn) % 2]
+                        targets = known.get(case.method.upper(), [waiting, protected])
+                        case.path_parameters["cluster_id"] = targets[next(turn) % 2]
                     if "bucket" in case.path_parameters:
                         case.path_parameters["bucket"] = "data-bucket"
                 response = case.call(headers=headers)
@@ -758,3 +995,4 @@ def test_schemathesis_finds_no_server_error_and_no_nonconforming_answer(emr, s3,
             run()
     assert set(seen) == {op.ok().label for op in schema.get_all_operations()}
     assert not any(code >= 500 for codes in seen.values() for code in codes), seen
+    assert all(any(200 <= code < 300 for code in codes) for codes in seen.values()), seen

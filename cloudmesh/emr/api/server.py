@@ -8,15 +8,20 @@ as ISO-8601 strings. Errors become ``application/problem+json`` with the status 
 their class (see errors.py); anything unexpected becomes a 500 problem that shows no
 internals, with the traceback in the server's log only.
 
+Around connexion sit three small ASGI middlewares: the access log, HEAD served as a GET
+without its body, and a guard behind connexion's router (see OperationGuard).
+
 Only ``cms emr server start`` imports this module: connexion is not loaded otherwise.
 """
 
 import hmac
+import io
 import ipaddress
 import logging
 import secrets
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from cloudmesh.emr.errors import (
@@ -38,6 +43,10 @@ PROBLEM_TYPES = {
     EmrError: "aws",
 }
 ERRORS_BY_NAME = {cls.__name__: cls for cls in PROBLEM_TYPES}
+
+
+INTERNAL = ("the service failed unexpectedly; the server log says where "
+            "(please report it)")
 
 
 def problem_type(slug):
@@ -157,15 +166,49 @@ def add_step(cluster_id, body):
                               "Action": action}, 201)
 
 
+class _Raw(io.RawIOBase):
+    """A readable stream as a raw stream, so io.BufferedReader can peek into it."""
+
+    def __init__(self, stream):
+        super().__init__()
+        self._stream = stream
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        data = self._stream.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def _not_empty(stream):
+    """The stream, refused with a 400 when it holds no byte: no file was sent."""
+    reader = io.BufferedReader(_Raw(stream), buffer_size=1024 * 1024)
+    if not reader.peek(1):
+        raise UsageError(
+            "the request body is empty: send the file's bytes as the body "
+            "(curl -T FILE URL) or as the 'file' part of a form (curl -F file=@FILE URL)"
+        )
+    return reader
+
+
 def upload_object(bucket, key, file=None):
     """The file is the request body: raw bytes, or the ``file`` part of a form."""
     import flask
 
+    request = flask.request
+    if request.mimetype == "multipart/form-data":
+        if file is None:  # connexion saw a 'file' part: a plain field, not a file
+            raise UsageError(
+                "file: the form's 'file' part is a plain field, not a file; send the file "
+                "itself (curl -F file=@FILE URL)"
+            )
+        stream, name = file.stream, file.filename or None  # a spooled temporary file
+    else:  # application/octet-stream (or no Content-Type): read as it arrives
+        stream, name = request.stream, None
+    stream = _not_empty(stream)
     provider = _service().provider()
-    if file is not None:  # multipart/form-data: werkzeug spools big parts to a temp file
-        stream, name = file.stream, file.filename or None
-    else:  # application/octet-stream: read as it arrives, never whole in memory
-        stream, name = flask.request.stream, None
     action = provider.upload_stream(stream, bucket, key, name=name)
     return _answer(provider, {"Url": action["Target"], "Action": action}, 201)
 
@@ -180,11 +223,33 @@ def _problem(status, title, detail, slug, result=None):
     return problem(status, title, detail, type=problem_type(slug), ext=ext)
 
 
+def _rest_words(message):
+    """A message in the service's words: the CLI's '--count' is the field 'count' here."""
+    return message[2:] if message.startswith("--") else message
+
+
 def _emr_error(request, error):
     slug = next(s for cls, s in PROBLEM_TYPES.items() if isinstance(error, cls))
     if error.http_status >= 500:  # the client's own mistakes are only in its answer
         LOG.warning("%s %s: %s", request.method, request.url.path, error.message)
-    return _problem(error.http_status, error.title, error.message, slug)
+    return _problem(error.http_status, error.title, _rest_words(error.message), slug)
+
+
+def _bad_request(request, error):
+    """connexion's own 400s (the request does not fit the spec), typed like ours."""
+    return _problem(400, UsageError.title, error.detail, "bad-request")
+
+
+def _nonconforming(request, error):
+    """An answer that does not fit the spec is a defect: logged, and a 500 without internals."""
+    LOG.error("%s %s: the answer does not conform to the spec: %s", request.method,
+              request.url.path, error.detail)
+    return _problem(500, "Internal error", INTERNAL, "internal")
+
+
+def _client_gone(request, error):
+    LOG.warning("%s %s: %s", request.method, request.url.path, error)
+    return _problem(400, UsageError.title, str(error), "bad-request")
 
 
 def _unauthorized(request, error):
@@ -218,9 +283,7 @@ def _unexpected(request, error):
     """The catch-all: a defect. The log keeps the traceback; the client sees no internals."""
     LOG.error("%s %s: unexpected %s", request.method, request.url.path, type(error).__name__,
               exc_info=error)
-    return _problem(500, "Internal error",
-                    "the service failed unexpectedly; the server log says where "
-                    "(please report it)", "internal")
+    return _problem(500, "Internal error", INTERNAL, "internal")
 
 
 # ---- bearer token ----------------------------------------------------------------------
@@ -250,11 +313,15 @@ def _security_map(token):
     return {"bearer": TokenHandler}
 
 
-# ---- access log ----------------------------------------------------------------------
+# ---- middlewares -------------------------------------------------------------------
 
 
 class AccessLog:
-    """ASGI middleware: one line per request (method, path, status, milliseconds)."""
+    """ASGI middleware: one line per request (method, path, status, milliseconds).
+
+    The path is logged as it came over the wire (percent-encoded), so a client cannot
+    break the line with an encoded newline.
+    """
 
     def __init__(self, app):
         self.app = app
@@ -270,11 +337,162 @@ class AccessLog:
                 status[0] = message["status"]
             await send(message)
 
+        raw = scope.get("raw_path")
+        path = raw.decode("latin-1") if raw else scope["path"]
+        path = path.encode("unicode_escape").decode("ascii")  # no control character either
         try:
             await self.app(scope, receive, sending)
         finally:
             ms = (time.perf_counter() - start) * 1000
-            ACCESS.info("%s %s %d %.1f ms", scope["method"], scope["path"], status[0], ms)
+            ACCESS.info("%s %s %d %.1f ms", scope["method"], path, status[0], ms)
+
+
+class HeadAsGet:
+    """ASGI middleware: HEAD is answered as the GET it stands for, without the body.
+
+    connexion routes HEAD to the GET operation but checks the missing body against
+    the GET's schema and fails; here the operation runs as a GET, the status and
+    headers (Content-Length included) go out, the body does not.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def headers_only(message):
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
+class ClientGone(Exception):
+    """The client went away before it had sent the whole request body."""
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What OperationGuard needs to know of one operation of the spec."""
+
+    method: str
+    path: str
+    query: tuple  # the names of its query parameters
+    media_types: tuple  # the media types its request body may have, the spec's first first
+    fields: tuple  # the properties of its JSON or form body
+
+
+def spec_operations(spec):
+    """operationId -> Operation, for every operation of the (parsed) spec."""
+
+    def resolve(node):
+        while isinstance(node, dict) and "$ref" in node:
+            target = spec
+            for part in node["$ref"].lstrip("#/").split("/"):
+                target = target[part]
+            node = target
+        return node
+
+    table = {}
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            parameters = [resolve(p) for p in item.get("parameters", []) + op.get("parameters", [])]
+            content = resolve(op.get("requestBody", {})).get("content", {})
+            fields = []
+            for media in content.values():
+                fields.extend(f for f in resolve(media.get("schema", {})).get("properties", {})
+                              if f not in fields)
+            table[op["operationId"]] = Operation(
+                method.upper(), path, tuple(p["name"] for p in parameters if p["in"] == "query"),
+                tuple(content), tuple(fields))
+    return table
+
+
+class OperationGuard:
+    """ASGI middleware right behind connexion's router, for what connexion leaves open.
+
+    - A request the router could not tie to an operation of our API is a 404 here.
+      connexion would pass it to Flask, whose own router may still match it (a path
+      with an encoded newline) and fail outside connexion's context: a 500.
+    - A request body without a Content-Type is read as the operation's first media
+      type, as connexion's validation already assumes (Flask would see raw bytes).
+    - A client that disconnects in the middle of its body raises ClientGone where the
+      body is read, so an upload is never stored cut short.
+    - connexion's 400s say which values are accepted where they name an unknown one.
+    """
+
+    def __init__(self, app, operations, base_path=""):
+        self.app = app
+        self.operations = operations
+        self.base_path = base_path
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from starlette.exceptions import HTTPException
+
+        routed = scope.get("extensions", {}).get("connexion_routing", {})
+        operation = self.operations.get(routed.get("operation_id"))
+        if operation is None or routed.get("api_base_path") != self.base_path:
+            raise HTTPException(404, "no operation of this service has that path; "
+                                     "see /openapi.json or /ui")
+        headers = scope["headers"]
+        if operation.media_types and not any(name == b"content-type" for name, _ in headers):
+            scope = {**scope, "headers": [*headers, (b"content-type",
+                                                     operation.media_types[0].encode())]}
+        from connexion.exceptions import BadRequestProblem
+
+        try:
+            await self.app(scope, self._watched(receive), send)
+        except BadRequestProblem as problem:
+            raise BadRequestProblem(self._detail(operation, problem.detail or "")) from None
+
+    @staticmethod
+    def _watched(receive):
+        complete = False
+
+        async def receiving():
+            nonlocal complete
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                complete = True
+            elif message["type"] == "http.disconnect" and not complete:
+                raise ClientGone("the client disconnected before it had sent the whole "
+                                 "request body; nothing was stored")
+            return message
+
+        return receiving
+
+    @staticmethod
+    def _detail(operation, detail):
+        detail = detail.split("\n\n")[0]  # jsonschema adds the whole schema after a blank line
+        if detail.startswith("Extra query"):
+            names = ", ".join(operation.query) or "none"
+            detail += f"; the query parameters of {operation.method} {operation.path}: {names}"
+        elif detail.startswith("Extra formData") or "Additional properties" in detail:
+            detail += f"; the fields of the request body: {', '.join(operation.fields)}"
+        return detail
+
+
+class TerminatedInput:
+    """WSGI middleware: the request body ends where the ASGI server says it ends.
+
+    Without a Content-Length (a chunked body) werkzeug reads nothing, unless the server
+    marks its input as terminated, which an ASGI server's always is. Without this, a
+    chunked upload would store an empty object.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        environ.setdefault("wsgi.input_terminated", True)
+        return self.app(environ, start_response)
 
 
 # ---- the app and the server ------------------------------------------------------------
@@ -299,6 +517,8 @@ def create_app(cloud=None, token=None, settings=None, host="127.0.0.1"):
             f"refusing to serve on {host} without a bearer token: set "
             "cloudmesh.emr.server.token in cloudmesh.yaml, or serve on 127.0.0.1"
         )
+    import yaml
+
     service = Service(cloud, settings)
     app = connexion.FlaskApp(
         __name__,
@@ -308,16 +528,23 @@ def create_app(cloud=None, token=None, settings=None, host="127.0.0.1"):
     )
     app.add_api(SPEC.name, strict_validation=True, validate_responses=True,
                 security_map=_security_map(token))
-    from connexion.exceptions import OAuthProblem
+    from connexion.exceptions import BadRequestProblem, NonConformingResponse, OAuthProblem
     from starlette.formparsers import MultiPartException
 
     app.add_error_handler(EmrError, _emr_error)
+    app.add_error_handler(BadRequestProblem, _bad_request)
     app.add_error_handler(OAuthProblem, _unauthorized)
     app.add_error_handler(Unrecorded, _unrecorded)
+    app.add_error_handler(ClientGone, _client_gone)
     for unreadable in (UnicodeDecodeError, MultiPartException):
         app.add_error_handler(unreadable, _unreadable)
+    app.add_error_handler(NonConformingResponse, _nonconforming)
     app.add_error_handler(Exception, _unexpected)
     app.add_middleware(AccessLog, position=MiddlewarePosition.BEFORE_EXCEPTION)
+    app.add_middleware(HeadAsGet, position=MiddlewarePosition.BEFORE_EXCEPTION)
+    app.add_middleware(OperationGuard, position=MiddlewarePosition.BEFORE_SECURITY,
+                       operations=spec_operations(yaml.safe_load(SPEC.read_text())))
+    app.add_wsgi_middleware(TerminatedInput)
     app.app.extensions[EXTENSION] = service
     app.service = service
     return app
@@ -331,11 +558,17 @@ def _log_to_stderr():
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
         LOG.addHandler(handler)  # ACCESS is a child of LOG
     LOG.setLevel(logging.INFO)
-    logging.getLogger("connexion").setLevel(logging.ERROR)  # our own log says what failed
+    LOG.propagate = False  # one line per request, whatever else configured logging
+    # connexion logs each problem it answers, unformatted: our own log says what failed
+    logging.getLogger("connexion").setLevel(logging.CRITICAL)
 
 
-def _check_address(host, port):
-    """Fail early, in one line, when (host, port) cannot be listened on."""
+def _listen(host, port):
+    """A socket listening on (host, port), or one line that says why there is none.
+
+    Bound here, before anything else starts, and handed to uvicorn: the service is
+    reachable from the moment it says where it is.
+    """
     import socket
 
     try:
@@ -343,13 +576,16 @@ def _check_address(host, port):
     except socket.gaierror as error:
         raise UsageError(f"--host: cannot use '{host}' ({error.strerror})") from None
     family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as sock:
+    sock = socket.socket(family, kind, proto)
+    try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
-        try:
-            sock.bind(address)
-        except OSError as error:
-            raise EmrError(f"cannot listen on {host}:{port} ({error.strerror}); "
-                           "pick another --port or --host") from None
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as error:
+        sock.close()
+        raise EmrError(f"cannot listen on {host}:{port} ({error.strerror}); "
+                       "pick another --port or --host") from None
+    return sock
 
 
 def serve(host="127.0.0.1", port=8080, cloud=None):
@@ -359,40 +595,43 @@ def serve(host="127.0.0.1", port=8080, cloud=None):
     from cloudmesh.emr.config import Settings
 
     settings = Settings.load()
-    _check_address(host, port)
-    token = settings.server_token()
-    if not token and not is_loopback(host):
-        token = secrets.token_urlsafe(32)
-        print(f"bearer token (shown once; send 'Authorization: Bearer <token>'): {token}",
-              file=sys.stderr, flush=True)
-    with warnings.catch_warnings():  # connexion imports starlette's test client, which warns
-        warnings.filterwarnings("ignore", message=".*starlette.testclient")
-        app = create_app(cloud=cloud, token=token, settings=settings, host=host)
+    sock = _listen(host, port)
     try:
-        import uvicorn
-    except ImportError:
-        raise UsageError(
-            "the REST service needs uvicorn: pip install 'cloudmesh-emr[server]'"
-        ) from None
-    _log_to_stderr()
-    try:  # connect now (MODE embedded: start the database), so a problem shows at once
-        app.service.database.client()
-    except DatabaseError as error:
-        print(f"WARNING: {error.message}; answers will be 503 until it is reachable",
+        token = settings.server_token()
+        if not token and not is_loopback(host):
+            token = secrets.token_urlsafe(32)
+            print(f"bearer token (shown once; send 'Authorization: Bearer <token>'): {token}",
+                  file=sys.stderr, flush=True)
+        with warnings.catch_warnings():  # connexion imports starlette's test client
+            warnings.filterwarnings("ignore", message=".*starlette.testclient")
+            app = create_app(cloud=cloud, token=token, settings=settings, host=host)
+        try:
+            import uvicorn
+        except ImportError:
+            raise UsageError(
+                "the REST service needs uvicorn: pip install 'cloudmesh-emr[server]'"
+            ) from None
+        _log_to_stderr()
+        try:  # connect now (MODE embedded: start the database), so a problem shows at once
+            app.service.database.client()
+        except DatabaseError as error:
+            print(f"WARNING: {error.message}; answers will be 503 until it is reachable",
+                  file=sys.stderr, flush=True)
+        where = f"[{host}]" if ":" in host else host
+        print(f"cms emr REST service for cloud '{app.service.cloud}' at http://{where}:{port}/ "
+              f"(Swagger UI at /ui, spec at /openapi.json); Ctrl-C stops it",
               file=sys.stderr, flush=True)
-    where = f"[{host}]" if ":" in host else host
-    print(f"cms emr REST service for cloud '{app.service.cloud}' at http://{where}:{port}/ "
-          f"(Swagger UI at /ui, spec at /openapi.json); Ctrl-C stops it",
-          file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning",
-                            lifespan="off")
-    server = uvicorn.Server(config)
-    try:
-        server.run()
-    except SystemExit as stop:  # uvicorn exits when it cannot start
-        return 1 if stop.code else 0
-    except KeyboardInterrupt:
-        pass
+        config = uvicorn.Config(app, host=host, port=port, access_log=False,
+                                log_level="warning", lifespan="off")
+        server = uvicorn.Server(config)
+        try:
+            server.run(sockets=[sock])
+        except SystemExit as stop:  # uvicorn exits when it cannot start
+            return 1 if stop.code else 0
+        except KeyboardInterrupt:
+            pass
+        finally:
+            app.service.database.close()
+        return 0 if server.started else 1
     finally:
-        app.service.database.close()
-    return 0 if server.started else 1
+        sock.close()
