@@ -103,7 +103,7 @@ class SparkPlan:
 
     ``needed`` lists what must exist before Spark starts (the application and the
     files of --py-files, --files, --jars, --archives, --properties-file), each as
-    (the name the step used, an S3Ref or the local Path on the master).
+    (the name the step used, the local Path that stands for it).
     """
 
     args: list
@@ -147,7 +147,7 @@ def spark_plan(args, mirror, master):
             seen.clear()
             parts.append(S3_URI.sub(to_local, part))
             if files:
-                needed.extend((ref.uri, ref) for ref in seen if not GLOB.search(ref.key))
+                needed.extend((ref.uri, ref.local) for ref in seen if not GLOB.search(ref.key))
         return ",".join(parts)
 
     options, rest, master_arg = [], [], None

@@ -426,11 +426,10 @@ class StepRun:
     @staticmethod
     def _check_needed(needed):
         """Fail before Spark starts when the application or a file it needs is missing."""
-        for name, target in needed:
-            local = target.local if hasattr(target, "local") else target
+        for name, local in needed:
             if local.is_file() or (local.is_dir() and any(local.iterdir())):
                 continue
-            where = "in S3" if hasattr(target, "local") else "on the master node"
+            where = "in S3" if split_s3(name) else "on the master node"
             raise StepFailure(
                 "File not found",
                 f"spark-submit cannot start: {name} does not exist {where}",
