@@ -65,6 +65,33 @@ def warm_up(runner):
     ec2_backends[DEFAULT_ACCOUNT_ID][runner.region]  # moto's EC2 holds the instances
 
 
+def start_server(host, port):
+    """moto's ThreadedMotoServer on ``host:port``, started: (server, None) or (None, error).
+
+    ThreadedMotoServer binds in its thread and its start() waits for an event that
+    is never set when binding fails (port taken): the daemon would hang. The entry
+    point is wrapped to report the error and release the wait.
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+    failure = []
+    entry = server._server_entry
+
+    def guarded_entry():
+        try:
+            entry()
+        except BaseException as error:  # werkzeug exits (SystemExit) when the port is taken
+            failure.append(error if str(error) not in ("", "1") else "the port is in use")
+            server._server_ready_event.set()
+
+    server._server_entry = guarded_entry
+    server.start()
+    if failure:
+        return None, failure[0]
+    return server, None
+
+
 def serve(host, port, state_dir, delay):
     """Run until SIGTERM/SIGINT; return the exit code."""
     state_dir = Path(state_dir)
@@ -88,15 +115,15 @@ def serve(host, port, state_dir, delay):
     os.environ["no_proxy"] = os.environ["NO_PROXY"]
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
-    from cloudmesh.emr.local import patches
-    from cloudmesh.emr.local.lifecycle import Engine
+    from cloudmesh.emr.local import model
+    from cloudmesh.emr.local.engine import Engine
     from cloudmesh.emr.local.steps import Runner
 
     runner = Runner(None, state_dir)
     engine = Engine(delay, runner.launch)
-    patches.install(engine)  # before the first request
+    model.register(engine)  # before the first request
 
-    server, failure = patches.start_server(host, port)
+    server, failure = start_server(host, port)
     if failure:
         print(f"ERROR: cannot listen on {host}:{port}: {failure}", file=sys.stderr)
         return 1

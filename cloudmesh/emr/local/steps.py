@@ -618,7 +618,7 @@ class StepRun:
     def _ensure_bucket(s3, bucket):
         from botocore.exceptions import ClientError
 
-        from cloudmesh.emr.local.patches import DEFAULT_LOG_URI
+        from cloudmesh.emr.local.model import DEFAULT_LOG_URI
 
         if split_s3(DEFAULT_LOG_URI)[0] != bucket:
             return

@@ -1,7 +1,7 @@
-"""The lifecycle engine: moves the EMR state that moto keeps in memory as EMR would.
+"""The lifecycle engine: moves the emulator's EMR state over time as EMR would.
 
-moto answers the EMR API but keeps every cluster WAITING and every step where it
-was put. The engine runs in a thread of the daemon and, every ``TICK`` seconds,
+The model (``model.py``) holds clusters and steps as EMR describes them; time is
+the engine's. It runs in a thread of the daemon and, every ``TICK`` seconds,
 walks all clusters of all accounts and regions:
 
 * cluster: STARTING -> BOOTSTRAPPING -> RUNNING -> WAITING, ``delay`` seconds per
@@ -16,8 +16,8 @@ walks all clusters of all accounts and regions:
 
 Every change of state is logged (the daemon's log: ``cluster j-X: A -> B (reason)``,
 ``step s-X of j-Y: A -> B``), so what happened between two requests is on record.
-Every change happens under ``lock``, which the patched moto operations (see
-``patches.py``) take as well, so a request never sees half a transition.
+Every change happens under ``lock``, which the model's mutating operations take
+as well, so a request never sees half a transition.
 """
 
 import logging
@@ -140,15 +140,23 @@ class Engine:
                 log.exception("lifecycle engine pass failed")
 
     def tick(self):
-        from moto.emr.models import emr_backends
+        from cloudmesh.emr.local.model import backends
 
         with self.lock:
             now = time.monotonic()
             # copies: requests may add accounts, regions and clusters meanwhile
-            for regions in list(emr_backends.values()):
-                for backend in list(regions.values()):
-                    for cluster in list(backend.clusters.values()):
-                        self.advance(cluster, now)
+            for backend in backends():
+                for cluster in list(backend.clusters.values()):
+                    self.advance(cluster, now)
+
+    def forget(self, clusters):
+        """moto's reset: stop the step runs of ``clusters``; their results are dropped."""
+        with self.lock:
+            for cluster in clusters:
+                for step in cluster.steps:
+                    run = self.runs.pop(step.id, None)
+                    if run is not None:
+                        run.cancel(kill=True)
 
     # ---- clusters ----------------------------------------------------------------
 
@@ -246,7 +254,7 @@ class Engine:
             log.warning("cluster %s: cannot terminate its EC2 instances: %s", cluster.id, error)
 
     def terminate(self, cluster):
-        """TerminateJobFlows: what moto's Cluster.terminate does in the emulator."""
+        """TerminateJobFlows: TERMINATING now, TERMINATED once its steps have stopped."""
         with self.lock:
             if not hasattr(cluster, "local_since"):
                 self.adopt(cluster)
@@ -363,9 +371,9 @@ class Engine:
 
     @staticmethod
     def find(account, region, cluster_id, step_id):
-        from moto.emr.models import emr_backends
+        from cloudmesh.emr.local.model import emulator_backends
 
-        backend = emr_backends[account][region]
+        backend = emulator_backends[account][region]
         cluster = backend.clusters.get(cluster_id)
         if cluster is None:
             return None, None
