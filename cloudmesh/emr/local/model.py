@@ -25,6 +25,8 @@ from moto.core.utils import utcnow
 from moto.emr import models as moto_models
 from moto.emr.exceptions import InvalidCluster, InvalidRequestException, ValidationException
 
+from cloudmesh.emr.local import releases
+
 DEFAULT_LOG_URI = "s3://cloudmesh-emr-local-logs/"
 ENDED_STATES = ("TERMINATING", "TERMINATED", "TERMINATED_WITH_ERRORS")
 NOT_MODIFIABLE = "A job flow that is shutting down, terminated, or finished may not be modified."
@@ -35,6 +37,10 @@ def _spark_version():
         return importlib.metadata.version("pyspark")
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def invalid_release(label):
+    return ValidationException(f"The specified release label {label} is not valid.")
 
 
 class Clusters(dict):
@@ -163,7 +169,67 @@ class EmulatedCluster(moto_models.Cluster):
 
     def __init__(self, emr_backend, **kwargs):
         super().__init__(emr_backend, **kwargs)
+        self.instance_collection_type = "INSTANCE_GROUP"
+        self.policies = {}  # "AutoTerminationPolicy", "ManagedScalingPolicy": as put
+        self.requested_subnet_ids = [self.ec2_subnet_id] if self.ec2_subnet_id else []
+        self.place()
+        self.set_release_details()
         emr_backend.engine_adopt(self)
+
+    def place(self):
+        """EMR rule: a cluster runs in one subnet and that subnet's zone.
+
+        The subnet asked for (and its zone), else the default VPC's subnet of the zone
+        asked for, else of the region's first zone (moto reports a zone, no subnet).
+        """
+        from moto.ec2.exceptions import InvalidSubnetIdError
+
+        ec2 = self.emr_backend.ec2_backend
+        if self.ec2_subnet_id:
+            try:
+                self.availability_zone = ec2.get_subnet(self.ec2_subnet_id).availability_zone
+            except InvalidSubnetIdError:
+                pass  # a subnet moto's EC2 does not hold: kept as asked
+            return
+        defaults = ec2.get_default_subnets()
+        subnet = defaults.get(self.availability_zone) or (
+            defaults[min(defaults)] if defaults else None)
+        if subnet is not None:
+            self.ec2_subnet_id = subnet.id
+            self.availability_zone = subnet.availability_zone
+
+    @property
+    def ec2_instance_attributes(self):
+        """EMR rule: Ec2InstanceAttributes name the subnet and zone, and what was requested."""
+        attributes = moto_models.Ec2InstanceAttributes(self)
+        attributes.requested_ec2_subnet_ids = self.requested_subnet_ids
+        return attributes
+
+    @property
+    def master_instance_type(self):
+        """EMR rule: JobFlowInstancesDetail always has MasterInstanceType (moto: KeyError)."""
+        group = self.emr_backend.instance_groups.get(self.master_instance_group_id)
+        return group.instance_type if group else None
+
+    @property
+    def slave_instance_type(self):
+        """EMR rule: SlaveInstanceType is the core type, or the master's on a one-node
+        cluster (moto: KeyError, an HTTP 500)."""
+        group = self.emr_backend.instance_groups.get(self.core_instance_group_id)
+        return group.instance_type if group else self.master_instance_type
+
+    def set_release_details(self):
+        """EMR rule: a cluster reports its release's OS release and Hadoop version.
+
+        OSReleaseLabel is the Amazon Linux release of the release's AMI; HadoopVersion
+        (DescribeJobFlows) is the release's Hadoop unless the request named one (moto
+        reports nothing, or Hadoop "0.18" as an application).
+        """
+        entry = releases.get(self.release_label) or {}
+        self.os_release_label = entry.get("os_release_label")
+        if not self.hadoop_version:
+            self.hadoop_version = releases.concise(
+                releases.version_of(self.release_label, "Hadoop"))
 
     def start_cluster(self):
         """EMR rule: a new cluster is STARTING, without a ReadyDateTime."""
@@ -201,17 +267,19 @@ class EmulatedCluster(moto_models.Cluster):
         return added
 
     def add_applications(self, applications):
-        """EMR rule: an application without a version gets the release's version.
+        """EMR rule: each application has the version its release ships.
 
-        moto keeps the request's key case wrong for its default (Hadoop without a
-        name); Spark gets the version of the pyspark that runs the steps.
+        The versions come from the release table (concise: "3.5.6", as EMR shows
+        them); for a release the table does not know, Spark is the pyspark that runs
+        the steps and other applications have no version.
         """
-        spark = _spark_version()
         for app in applications:
             name = app.get("name") or app.get("Name") or None
             version = app.get("version") or app.get("Version") or None
+            if name and not version:
+                version = releases.concise(releases.version_of(self.release_label, name))
             if name and name.lower() == "spark" and not version:
-                version = spark
+                version = _spark_version()
             self.applications.append(
                 moto_models.Application(
                     name=name,
@@ -281,6 +349,8 @@ class EmulatorBackend(moto_models.ElasticMapReduceBackend):
         bucket then, so that describe shows where they are.
         """
         with self.lock:
+            if kwargs.get("release_label"):
+                self.check_release(kwargs["release_label"])
             if not kwargs.get("log_uri"):
                 kwargs["log_uri"] = DEFAULT_LOG_URI
             attrs = kwargs["instance_attrs"]
@@ -346,12 +416,82 @@ class EmulatorBackend(moto_models.ElasticMapReduceBackend):
                 raise ValidationException("StepConcurrencyLevel must be between 1 and 256.")
             return super().modify_cluster(cluster_id, level)
 
+    # ---- release labels ----------------------------------------------------------------
+
+    def check_release(self, release_label):
+        """EMR rule: a release label EMR does not know is ValidationException.
+
+        Known: a label of the emulator's release table, or one of moto's list of
+        the labels EMR offers in this region (clusters of those run on the
+        default release's Spark).
+        """
+        if releases.get(release_label) or release_label in super().list_release_labels():
+            return release_label
+        raise invalid_release(release_label)
+
+    def list_release_labels(self, prefix=None, application=None):
+        """ListReleaseLabels: the labels of the release table, newest first.
+
+        Filters as EMR's: Prefix ("emr-7") and Application ("Spark@3.5": the
+        releases whose Spark version starts with 3.5; the name alone matches any).
+        """
+        found = releases.labels()
+        if prefix:
+            found = [label for label in found if label.startswith(prefix)]
+        if application:
+            name, _, version = str(application).partition("@")
+            found = [
+                label for label in found
+                if releases.version_of(label, name)
+                and releases.concise(releases.version_of(label, name)).startswith(version)
+            ]
+        return found
+
+    def describe_release_label(self, release_label):
+        """DescribeReleaseLabel: the release's applications (lowercase names, concise
+        versions, as EMR answers) and its Amazon Linux release; unknown: ValidationException.
+        """
+        entry = releases.get(release_label)
+        if entry is None:
+            raise invalid_release(release_label)
+        return {
+            "ReleaseLabel": release_label,
+            "Applications": [
+                {"Name": name.lower(), "Version": releases.concise(version)}
+                for name, version in sorted(entry["applications"].items())
+            ],
+            "AvailableOSReleases": [{"Label": entry["os_release_label"]}],
+        }
+
     def list_supported_instance_types(self, release_label):
-        """EMR rule: an unknown release label is ValidationException (moto: HTTP 500)."""
-        try:
-            return super().list_supported_instance_types(release_label)
-        except (FileNotFoundError, OSError, ValueError):
-            raise ValidationException(f"The release label {release_label} is not valid.") from None
+        """EMR rule: the instance types of a known release; unknown: ValidationException.
+
+        moto carries EMR's list of types for most labels; a label of the table that
+        moto has no list for uses the list of the nearest label of its line.
+        """
+        self.check_release(release_label)
+        for label in (release_label, releases.same_line(release_label)):
+            try:
+                return super().list_supported_instance_types(label)
+            except (FileNotFoundError, OSError, ValueError, TypeError):
+                continue
+        raise invalid_release(release_label)
+
+    # ---- policies (stored and answered; the engine acts on them) --------------------------
+
+    def put_cluster_policy(self, cluster_id, kind, policy):
+        """Put{AutoTermination,ManagedScaling}Policy: kept with the cluster (moto lacks them)."""
+        with self.lock:
+            self.describe_cluster(cluster_id).policies[kind] = policy
+
+    def get_cluster_policy(self, cluster_id, kind):
+        """Get{AutoTermination,ManagedScaling}Policy: the policy put, or None."""
+        return self.describe_cluster(cluster_id).policies.get(kind)
+
+    def remove_cluster_policy(self, cluster_id, kind):
+        """Remove{AutoTermination,ManagedScaling}Policy: forget it; no policy is no error."""
+        with self.lock:
+            self.describe_cluster(cluster_id).policies.pop(kind, None)
 
     def cancel_steps(self, cluster_id, step_ids, option):
         """CancelSteps (moto lacks it): see Engine.cancel_steps for EMR's rules."""

@@ -7,11 +7,13 @@ server reads from a backend's URL module (``EmulatorBackend._url_module``) to ro
 EMR requests here.
 """
 
-from moto.core.responses import ActionResult, PaginatedResult
+from moto.core.responses import ActionResult, EmptyResult, PaginatedResult
 from moto.emr.responses import ElasticMapReduceResponse
 from moto.emr.urls import url_bases  # noqa: F401  (the same hosts as moto's EMR)
 
-from cloudmesh.emr.local import model
+from cloudmesh.emr.local import model, releases
+
+POLICIES = ("AutoTerminationPolicy", "ManagedScalingPolicy")
 
 
 class EmulatorResponse(ElasticMapReduceResponse):
@@ -32,9 +34,75 @@ class EmulatorResponse(ElasticMapReduceResponse):
         backend = self.backend
         with backend.lock:
             cluster = backend.clusters.get(result.result.get("JobFlowId"))
-            if cluster is not None and cluster.state == "STARTING":
+            if cluster is None:
+                return result
+            if not self._get_param("Applications"):
+                self.default_applications(cluster)
+            for kind in POLICIES:
+                if self._get_param(kind):
+                    cluster.policies[kind] = self._get_param(kind)
+            if cluster.state == "STARTING":
                 backend.engine_adopt(cluster)
         return result
+
+    @staticmethod
+    def default_applications(cluster):
+        """EMR rule: without Applications, EMR installs its default applications, in
+        the versions of the release (moto: Hadoop "0.18")."""
+        cluster.applications = []
+        cluster.add_applications([{"Name": name} for name in releases.default_applications()])
+
+    def describe_release_label(self):
+        """DescribeReleaseLabel (moto lacks it): from the release table."""
+        return ActionResult(self.backend.describe_release_label(self._get_param("ReleaseLabel")))
+
+    def list_release_labels(self):
+        """ListReleaseLabels with EMR's Prefix and Application filters and paging."""
+        filters = self._get_param("Filters") or {}
+        labels = self.backend.list_release_labels(filters.get("Prefix"), filters.get("Application"))
+        start = int(self._get_param("NextToken") or 0)
+        size = int(self._get_param("MaxResults") or len(labels) or 1)
+        page = labels[start:start + size]
+        result = {"ReleaseLabels": page}
+        if start + size < len(labels):
+            result["NextToken"] = str(start + size)
+        return ActionResult(result)
+
+    def put_auto_termination_policy(self):
+        """PutAutoTerminationPolicy (moto lacks it): kept with the cluster."""
+        return self._put_policy("AutoTerminationPolicy")
+
+    def get_auto_termination_policy(self):
+        """GetAutoTerminationPolicy (moto lacks it)."""
+        return self._get_policy("AutoTerminationPolicy")
+
+    def remove_auto_termination_policy(self):
+        """RemoveAutoTerminationPolicy (moto lacks it)."""
+        return self._remove_policy("AutoTerminationPolicy")
+
+    def put_managed_scaling_policy(self):
+        """PutManagedScalingPolicy (moto lacks it): kept with the cluster."""
+        return self._put_policy("ManagedScalingPolicy")
+
+    def get_managed_scaling_policy(self):
+        """GetManagedScalingPolicy (moto lacks it)."""
+        return self._get_policy("ManagedScalingPolicy")
+
+    def remove_managed_scaling_policy(self):
+        """RemoveManagedScalingPolicy (moto lacks it)."""
+        return self._remove_policy("ManagedScalingPolicy")
+
+    def _put_policy(self, kind):
+        self.backend.put_cluster_policy(self._get_param("ClusterId"), kind, self._get_param(kind))
+        return EmptyResult()
+
+    def _get_policy(self, kind):
+        policy = self.backend.get_cluster_policy(self._get_param("ClusterId"), kind)
+        return ActionResult({kind: policy} if policy else {})
+
+    def _remove_policy(self, kind):
+        self.backend.remove_cluster_policy(self._get_param("ClusterId"), kind)
+        return EmptyResult()
 
     def list_instances(self):
         """EMR rule: ListInstances honours its InstanceStates filter (moto ignores it)."""
