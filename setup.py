@@ -22,6 +22,10 @@ setup(
     install_requires=[
         "boto3>=1.34",
         "docopt-ng>=0.9",
+        # the start lock of the embedded database and the emulator (portable, no fcntl code)
+        "filelock>=3.12",
+        # which process a pid is (program, folder, owner, sockets) before it is signalled
+        "psutil>=5.9",
         "PyYAML>=6.0",
         "pymongo>=4.6",
         "SecantusDB>=0.7.0b3",

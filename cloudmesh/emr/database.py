@@ -15,9 +15,6 @@ import datetime
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -44,52 +41,72 @@ def document_id(cloud, kind, ident):
     return f"{cloud}/{kind}/{ident}"
 
 
-def _alive(pid):
-    """Whether process ``pid`` still runs; a child of ours that has exited is reaped."""
-    try:
-        os.waitpid(pid, os.WNOHANG)  # a zombie would answer signal 0 for ever
-    except (ChildProcessError, OSError):
-        pass  # not our child: signal 0 alone tells
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _answers(host, port, timeout=1.0):
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+def _runs_secantus(cmdline):
+    """Whether a command line runs SecantusDB's server (its console script, under any
+    interpreter)."""
+    return any(Path(word).name in ("secantusd-py", "secantusd-py.exe") for word in cmdline[:2])
 
 
 class EmbeddedServer:
-    """The SecantusDB server of MODE embedded: data, pid, port and log under one folder."""
+    """The SecantusDB server of MODE embedded: data, pid, port and log under one folder.
+
+    Found again, checked and stopped through ``cloudmesh.emr.processes``: a process is
+    this server only when it runs ``secantusd-py`` with ``--storage-path`` our data
+    folder. Warnings (a state file rebuilt or removed) collect in ``self.warnings``.
+    """
 
     def __init__(self, folder=None):
-        self.folder = Path(folder) if folder else state_dir("db")
+        from cloudmesh.emr.processes import Server
+
+        self.folder = Path(folder).absolute() if folder else state_dir("db")
         self.data = self.folder / "data"
         self.state_file = self.folder / "server.json"
         self.log = self.folder / "server.log"
+        self._server = Server(
+            "the embedded database", self.data, self.state_file, self.log,
+            _runs_secantus, "--storage-path", self._rebuild,
+        )
+        self.warnings = self._server.warnings
 
-    def _read_state(self):
-        import json
+    def _rebuild(self, process):
+        """The state of a running server, from the process table alone."""
+        from cloudmesh.emr import processes
 
-        try:
-            return json.loads(self.state_file.read_text())
-        except (OSError, ValueError):
-            return None
+        addresses = processes.listening(process)
+        host, port = addresses[0] if addresses else (processes.LOOPBACK, None)
+        started = datetime.datetime.fromtimestamp(
+            processes.created(process), datetime.timezone.utc)
+        return {"pid": process.pid, "host": host, "port": port,
+                "started": started.isoformat(), "data": str(self.data)}
 
     def running(self):
-        """The state of the running server ({pid, host, port, started}) or None."""
-        state = self._read_state()
-        if state and _alive(state["pid"]) and _answers(state["host"], state["port"]):
+        """The state of the running server ({pid, host, port, started, data}) or None.
+
+        A server of ours that runs but does not answer (still starting, or stuck) is
+        not running; ``start`` says what to do about it."""
+        state, process = self._found()
+        if state and _answers(state["host"], state["port"]):
             return state
         return None
+
+    def _found(self):
+        """(state, process) of a server of ours, with its address checked against the
+        sockets it listens on when the state file's address does not answer."""
+        from cloudmesh.emr import processes
+
+        try:
+            state, process = self._server.locate()
+        except OSError:
+            return None, None
+        if state and not _answers(state.get("host"), state.get("port")):
+            rebuilt = self._rebuild(process)
+            if rebuilt["port"] and _answers(rebuilt["host"], rebuilt["port"]):
+                state = {**state, "host": rebuilt["host"], "port": rebuilt["port"]}
+                try:
+                    processes.write_json(self.state_file, state)
+                except OSError:
+                    pass
+        return state, process
 
     @staticmethod
     def executable():
@@ -102,23 +119,14 @@ class EmbeddedServer:
             )
         return found
 
-    @contextmanager
-    def _lock(self):
-        """Serialise starts, so two commands at once do not start two servers on one folder."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / "start.lock", "w") as handle:
-            try:
-                import fcntl
-
-                fcntl.flock(handle, fcntl.LOCK_EX)
-            except ImportError:  # not POSIX: no lock, the state check still helps
-                pass
-            yield
-
     def start(self, wait=30.0):
         """Start the server unless it runs; return (state, started_now)."""
+        from cloudmesh.emr.processes import ProcessError
+
         try:
             return self._start(wait)
+        except ProcessError as error:
+            raise DatabaseError(error.message) from None
         except OSError as error:  # the folder cannot be made or written, the program not run
             where = getattr(error, "filename", None) or self.folder
             raise DatabaseError(
@@ -127,63 +135,91 @@ class EmbeddedServer:
             ) from None
 
     def _start(self, wait):
-        with self._lock():
-            state = self.running()
+        from cloudmesh.emr import processes
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self._server.start_lock(what="start the database"):
+            state, process = self._found()
             if state:
-                return state, False
+                if _answers(state["host"], state["port"]):
+                    return state, False
+                self._wait_answer(process, wait)  # started by someone else a moment ago?
+                state, process = self._found()
+                if state and _answers(state["host"], state["port"]):
+                    return state, False
+                raise DatabaseError(
+                    f"the embedded database (pid {process.pid}) runs on {self.data} but does "
+                    f"not answer; see {self.log}, or stop it with 'cms emr db stop'"
+                )
             self.data.mkdir(parents=True, exist_ok=True)
             command = [
-                self.executable(), "--host", "127.0.0.1", "--port", "0",
+                self.executable(), "--host", processes.LOOPBACK, "--port", "0",
                 "--storage-path", str(self.data), "--standalone", "--log-level", "INFO",
             ]
-            with open(self.log, "w") as log:
-                process = subprocess.Popen(
-                    command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True, close_fds=True,
-                )
-            port = self._wait_for_port(process, wait)
+
+            def ready(_process, output):
+                found = LISTENING.search(output)
+                if found and _answers(processes.LOOPBACK, int(found.group(1))):
+                    return int(found.group(1))
+                return None
+
+            process, port = processes.spawn(
+                command, self.log, ready, wait, "the embedded database", cwd=self.folder)
             state = {
-                "pid": process.pid, "host": "127.0.0.1", "port": port,
+                "pid": process.pid, "host": processes.LOOPBACK, "port": port,
                 "started": now().isoformat(), "data": str(self.data),
             }
-            import json
-
-            self.state_file.write_text(json.dumps(state))
+            try:
+                processes.write_json(self.state_file, state)
+            except BaseException:
+                processes.terminate(processes_of(process))
+                raise
             return state, True
 
-    def _wait_for_port(self, process, wait):
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            text = self.log.read_text(errors="replace") if self.log.exists() else ""
-            found = LISTENING.search(text)
-            if found and _answers("127.0.0.1", int(found.group(1))):
-                return int(found.group(1))
-            if process.poll() is not None:
-                last = text.strip().splitlines()[-1:] or ["no output"]
-                raise DatabaseError(
-                    f"the embedded database did not start ({last[0]}); see {self.log}"
-                )
-            time.sleep(0.1)
-        process.terminate()
-        raise DatabaseError(f"the embedded database did not start within {wait:.0f} s; see {self.log}")
+    def _wait_answer(self, process, wait):
+        from cloudmesh.emr import processes
+
+        deadline = time.monotonic() + min(wait, 10.0)
+        while time.monotonic() < deadline and process.is_running():
+            for host, port in processes.listening(process):
+                if _answers(host, port):
+                    return
+            time.sleep(0.2)
 
     def stop(self, wait=15.0):
-        """Stop the server by its PID; return its state, or None if it was not running."""
-        state = self._read_state()
-        if not state or not _alive(state["pid"]):
-            self.state_file.unlink(missing_ok=True)
+        """Stop our server (found by its state file or in the process table) by its PID;
+        return its state, or None if none was running. A pid that is not our server
+        serving our folder is never signalled."""
+        from cloudmesh.emr.processes import ProcessError
+
+        try:
+            state, pids = self._server.stop(timeout=wait)
+        except ProcessError as error:
+            raise DatabaseError(error.message) from None
+        except OSError as error:
+            raise DatabaseError(
+                f"cannot stop the embedded database: {error.strerror or error}; "
+                f"see {self.folder}"
+            ) from None
+        if not pids:
             return None
-        os.kill(state["pid"], signal.SIGTERM)
-        deadline = time.monotonic() + wait
-        while _alive(state["pid"]) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _alive(state["pid"]):  # it did not shut down in time: end it, and see it gone
-            os.kill(state["pid"], signal.SIGKILL)
-            deadline = time.monotonic() + 5
-            while _alive(state["pid"]) and time.monotonic() < deadline:
-                time.sleep(0.05)
-        self.state_file.unlink(missing_ok=True)
-        return state
+        return state or {"pid": pids[0]}
+
+
+def processes_of(popen):
+    """The psutil Process of a Popen we started (for terminate())."""
+    import psutil
+
+    try:
+        return [psutil.Process(popen.pid)]
+    except psutil.Error:
+        return []
+
+
+def _answers(host, port, timeout=1.0):
+    from cloudmesh.emr.processes import answers
+
+    return bool(host) and bool(port) and answers(host, port, timeout)
 
 
 class Database:
@@ -279,12 +315,18 @@ class Database:
         """Where the database is and how many documents each of our collections holds."""
         info = {"Mode": self.mongo["MODE"], "Database": self.name}
         if self.server:
-            state = self.server.running()
+            # the process table, not only the state file, says whether it runs
+            state, process = self.server._found()
             info.update({
-                "Running": bool(state), "Pid": state and state["pid"],
-                "Address": state and f"{state['host']}:{state['port']}",
+                "Running": bool(process), "Pid": process and process.pid,
+                "Address": state and state.get("port") and f"{state['host']}:{state['port']}",
                 "Data": str(self.server.data), "Log": str(self.server.log),
             })
+            if state and not _answers(state.get("host"), state.get("port")):
+                self.server.warnings.append(
+                    f"the embedded database (pid {process.pid}) runs but does not answer; "
+                    f"see {self.server.log}, or stop it with 'cms emr db stop'")
+                state = None
             if not state:
                 info["Collections"] = {}
                 return info
@@ -296,6 +338,14 @@ class Database:
             info["Collections"] = {n: database[n].count_documents({}) for n in names}
             info["Running"] = True
         return info
+
+    def take_warnings(self):
+        """What the embedded server has to say (a state file rebuilt or removed), once."""
+        if self.server is None:
+            return []
+        taken = list(self.server.warnings)
+        del self.server.warnings[:]
+        return taken
 
     def close(self):
         if self._client is not None:

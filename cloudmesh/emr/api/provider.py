@@ -10,6 +10,7 @@ Both the command line and the REST service call these methods.
 import datetime
 import os
 import re
+import sys
 import uuid
 from contextlib import contextmanager
 
@@ -136,6 +137,9 @@ class Provider:
             from botocore.config import Config
 
             session_options, self._endpoint = self.settings.boto_options(self.cloud)
+            control = sys.modules.get("cloudmesh.emr.local.control")
+            if control is not None:  # a lost daemon.json rebuilt, or a stale one removed
+                self.warnings.extend(control.take_warnings())
             session = boto3.session.Session(**session_options)
             config = Config(
                 retries={"mode": "standard", "max_attempts": 4},
@@ -205,6 +209,9 @@ class Provider:
             self.database.record(self.cloud, kind, records, cluster=cluster)
         except DatabaseError as error:
             self.database_error = error
+        finally:  # the embedded server's state file rebuilt or removed: say so
+            take = getattr(self._database, "take_warnings", None)
+            self.warnings.extend(take() if take else [])
 
     def _action(self, action, target, cluster=None, request=None, response=None, error=None):
         record = {

@@ -273,10 +273,18 @@ class EmrCommand(PluginCommand):
     # ---- database, emulator, REST service ----------------------------------------------
 
     def _db(self, a, fmt):
-        from cloudmesh.emr import printer
         from cloudmesh.emr.database import Database
 
         database = Database()
+        try:
+            return self._db_do(a, fmt, database)
+        finally:
+            for line in database.take_warnings():
+                warn(f"WARNING: {line}")
+
+    def _db_do(self, a, fmt, database):
+        from cloudmesh.emr import printer
+
         if a["start"] or a["stop"]:
             if database.server is None:
                 raise UsageError(
@@ -301,9 +309,17 @@ class EmrCommand(PluginCommand):
         return 0
 
     def _local(self, a, fmt):
+        from cloudmesh.emr.local import control
+
+        try:
+            return self._local_do(a, fmt, control)
+        finally:  # a lost daemon.json rebuilt, or a stale one removed
+            for line in control.take_warnings():
+                warn(f"WARNING: {line}")
+
+    def _local_do(self, a, fmt, control):
         from cloudmesh.emr import printer
         from cloudmesh.emr.config import Settings
-        from cloudmesh.emr.local import control
 
         if a["start"]:
             port = a["--port"]

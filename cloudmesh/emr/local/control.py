@@ -7,27 +7,20 @@ is the emulator's state folder; the default is ``state_dir("local")``, i.e.
 ``$CLOUDMESH_CONFIG_DIR/emr/local`` or ``~/.cloudmesh/emr/local``.
 """
 
-import contextlib
-import os
-import signal
 import socket
-import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
+from cloudmesh.emr import processes
 from cloudmesh.emr.errors import AwsError, Conflict, EmrError, UsageError
 from cloudmesh.emr.local.state import (
     DAEMON_MODULE,
     LOG_FILE,
     LOOPBACK,
-    is_daemon,
-    pid_alive,
     port_answers,
     read,
-    remove,
-    running,
+    server,
 )
 
 ACTIVE_STATES = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING", "TERMINATING"]
@@ -36,6 +29,24 @@ STOP_TIMEOUT = 20.0  # seconds between SIGTERM and SIGKILL
 PORT_HINT = "give a port 1..65535, or 0 (or no --port) for a free one"
 NOT_RUNNING = "the local emulator is not running: start it with 'cms emr local start'"
 EVERYTHING = "everything it held in memory: clusters, steps and S3 objects"
+
+# what was done about a lost or wrong daemon.json (rebuilt, or removed): the command
+# shows these as WARNING lines (take_warnings)
+warnings = []
+
+
+def take_warnings():
+    """The warnings collected since the last call, once each."""
+    taken = list(warnings)
+    del warnings[:]
+    return taken
+
+
+def running(state):
+    """daemon.json of a live daemon of ours serving ``state`` that answers, or None."""
+    from cloudmesh.emr.local.state import running as found
+
+    return found(state, warnings)
 
 
 def _state(state=None):
@@ -93,14 +104,6 @@ def _port_free(port):
     return True
 
 
-def _tail(path, lines=3):
-    try:
-        text = Path(path).read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return " | ".join(line.strip() for line in text[-lines:])
-
-
 def _info(data, state, already):
     return {
         "Endpoint": data.get("endpoint"),
@@ -139,30 +142,26 @@ def start(port=None, delay=None, state=None):
     port = _port(port)
     state = _state(state)
     state.mkdir(parents=True, exist_ok=True)
-    with _start_lock(state):
-        return _start(port, delay, state)
-
-
-@contextlib.contextmanager
-def _start_lock(state):
-    """Serialise concurrent starts in one state folder (two shells, one emulator)."""
+    daemon = server(state)
     try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    with open(state / "start.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        with daemon.start_lock(what="start the emulator"):
+            try:
+                return _start(port, delay, state, daemon)
+            finally:
+                warnings.extend(daemon.warnings)
+    except processes.ProcessError as error:
+        raise EmrError(error.message) from None
 
 
-def _start(port, delay, state):
-    found = running(state)
+def _start(port, delay, state, daemon):
+    found, process = daemon.locate()
     if found:
-        return _info(found, state, True)
+        if port_answers(found.get("port")):
+            return _info(found, state, True)
+        raise EmrError(
+            f"the local emulator (pid {process.pid}) runs for {state} but does not answer; "
+            f"see {state / LOG_FILE}, or stop it with 'cms emr local stop --force'"
+        )
     if delay is None:
         from cloudmesh.emr.config import Settings
 
@@ -178,41 +177,38 @@ def _start(port, delay, state):
             f"port {port} on {LOOPBACK} is in use: choose another with --port, "
             "or leave --port out to take a free one"
         )
-    log = state / LOG_FILE
     command = [
         sys.executable, "-m", DAEMON_MODULE,
         "--host", LOOPBACK, "--port", str(port), "--state-dir", str(state), "--delay", str(delay),
     ]
-    with open(log, "ab") as output:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            cwd=state,
-            start_new_session=True,
-            close_fds=True,
-        )
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
+
+    def ready(process, _output):  # the daemon writes daemon.json once it serves
         data = read(state)
         if data and data.get("pid") == process.pid and port_answers(data.get("port")):
-            return _info(data, state, False)
-        code = process.poll()
-        if code is not None:
-            raise EmrError(
-                f"the local emulator did not start (exit {code}): {_tail(log) or 'no output'}; "
-                f"see {log}"
-            )
-        time.sleep(0.1)
-    _terminate(process.pid)
-    raise EmrError(f"the local emulator did not serve within {START_TIMEOUT:.0f} s; see {log}")
+            return data
+        return None
+
+    try:
+        _, data = processes.spawn(
+            command, state / LOG_FILE, ready, START_TIMEOUT, "the local emulator", cwd=state)
+    except processes.ProcessError as error:
+        raise EmrError(error.message) from None
+    return _info(data, state, False)
 
 
 def status(state=None):
     """{Running, Endpoint, Pid, Port, Started, StateDir, Log, Delay, Clusters, StepsRunning}."""
     state = _state(state)
-    data = running(state)
+    daemon = server(state)
+    try:
+        data, process = daemon.locate()
+    finally:
+        warnings.extend(daemon.warnings)
+    if process is not None and not port_answers(data.get("port")):
+        raise AwsError(
+            f"the local emulator (pid {process.pid}) runs for {state} but does not answer; "
+            f"see {state / LOG_FILE}, or restart it with 'cms emr local stop --force'"
+        )
     result = {
         "Running": bool(data),
         "Endpoint": None,
@@ -262,15 +258,18 @@ def stop(force=False, state=None):
     Returns {Stopped, Pid, Endpoint, Lost}; {Stopped: False, ...} when none runs.
     """
     state = _state(state)
-    data = read(state)
-    pid = data.get("pid") if data else None
-    if not data or not pid_alive(pid) or not is_daemon(pid):
-        remove(state)
+    daemon = server(state)
+    try:
+        data, process = daemon.locate(save=False)
+    finally:
+        warnings.extend(daemon.warnings)
+        del daemon.warnings[:]
+    if process is None:
         return {"Stopped": False, "Pid": None, "Endpoint": None,
                 "Lost": "nothing: the local emulator is not running"}
     url = data.get("endpoint")
     lost = f"lost {EVERYTHING}"
-    if port_answers(data.get("port")):
+    if url and port_answers(data.get("port")):
         try:
             clusters = _clusters(url)
         except Exception as error:  # botocore's errors, without importing botocore here
@@ -290,9 +289,9 @@ def stop(force=False, state=None):
                     f"or use 'cms emr local stop --force', which loses {what}"
                 )
             lost = f"lost {what}"
-    _terminate(int(pid))
-    remove(state, pid)
-    return {"Stopped": True, "Pid": int(pid), "Endpoint": url, "Lost": lost}
+    processes.terminate([process], STOP_TIMEOUT)  # checked to be ours by locate()
+    daemon.remove_state(process.pid)
+    return {"Stopped": True, "Pid": process.pid, "Endpoint": url, "Lost": lost}
 
 
 # ---- helpers of status and stop ------------------------------------------------------
@@ -329,34 +328,3 @@ def _lost(url, clusters):
         f"{len(clusters)} cluster(s), {steps} step(s) and {objects} S3 object(s) in "
         f"{len(buckets)} bucket(s), held in memory only"
     )
-
-
-def _terminate(pid):
-    """SIGTERM, wait up to STOP_TIMEOUT, then SIGKILL."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while time.monotonic() < deadline:
-        _reap(pid)
-        if not pid_alive(pid):
-            return
-        time.sleep(0.1)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    for _ in range(50):
-        _reap(pid)
-        if not pid_alive(pid):
-            return
-        time.sleep(0.1)
-
-
-def _reap(pid):
-    """Collect the exit status when the daemon is our own child (started by start())."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except (ChildProcessError, OSError):
-        pass

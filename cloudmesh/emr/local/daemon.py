@@ -96,11 +96,12 @@ def serve(host, port, state_dir, delay):
     """Run until SIGTERM/SIGINT; return the exit code."""
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    running = state.running(state_dir)
-    if running and running.get("pid") != os.getpid():
+    # another daemon serving this folder (the process table decides, not daemon.json)
+    others = state.server(state_dir).find(exclude=(os.getpid(),))
+    if others:
         print(
-            f"ERROR: an emulator already runs for {state_dir} at {running.get('endpoint')} "
-            f"(pid {running.get('pid')}): stop it first",
+            f"ERROR: an emulator already runs for {state_dir} (pid {others[0].pid}): "
+            "stop it first with 'cms emr local stop'",
             file=sys.stderr,
         )
         return 1

@@ -1,90 +1,93 @@
-"""The emulator's state folder: ``daemon.json`` and the checks around it (stdlib only).
+"""The emulator's state folder: ``daemon.json`` and the checks around it.
 
 ``daemon.json`` says where a running daemon listens: {pid, host, port, endpoint,
-started, delay, state_dir, log}. The daemon writes it once it serves and removes it
-when it stops; ``control`` reads it, and trusts it only while that PID is alive,
-runs the daemon, and the port answers.
+started, delay, state_dir, log}. The daemon writes it (atomically) once it serves and
+removes it when it stops. It is trusted only while its pid is a daemon of ours
+serving this folder (``cloudmesh.emr.processes``: the process table decides); a lost
+or wrong file is rebuilt from the daemon found in the process table, or removed with
+a warning when none runs. Standard library only at module level.
 """
 
-import json
-import os
-import socket
+from datetime import datetime, timezone
 from pathlib import Path
 
-LOOPBACK = "127.0.0.1"
+from cloudmesh.emr import processes
+
+LOOPBACK = processes.LOOPBACK
 STATE_FILE = "daemon.json"
 LOG_FILE = "daemon.log"
 DAEMON_MODULE = "cloudmesh.emr.local.daemon"
 
 
+def runs_daemon(cmdline):
+    """Whether a command line runs the emulator's daemon (``python -m MODULE ...``)."""
+    return any(
+        word == "-m" and index + 1 < len(cmdline) and cmdline[index + 1] == DAEMON_MODULE
+        for index, word in enumerate(cmdline[:4])
+    )
+
+
+def server(state_dir):
+    """The daemon of ``state_dir`` as a ``processes.Server`` (find, check, stop)."""
+    state_dir = Path(state_dir).absolute()
+
+    def rebuild(process):
+        cmdline = process.cmdline()
+        addresses = processes.listening(process)
+        host, port = addresses[0] if addresses else (LOOPBACK, None)
+        try:
+            delay = float(processes.option(cmdline, "--delay"))
+        except (TypeError, ValueError):
+            delay = None
+        started = datetime.fromtimestamp(processes.created(process), timezone.utc)
+        return {
+            "pid": process.pid, "host": host, "port": port,
+            "endpoint": f"http://{host}:{port}" if port else None,
+            "started": started.isoformat(), "delay": delay,
+            "state_dir": str(state_dir), "log": str(state_dir / LOG_FILE),
+        }
+
+    return processes.Server(
+        "the local emulator", state_dir, state_dir / STATE_FILE, state_dir / LOG_FILE,
+        runs_daemon, "--state-dir", rebuild,
+    )
+
+
 def read(state_dir):
-    """The daemon.json of ``state_dir`` as a dict, or None."""
-    try:
-        data = json.loads((Path(state_dir) / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    """The daemon.json of ``state_dir`` as a dict (with a usable pid), or None."""
+    data, _ = processes.read_json(Path(state_dir) / STATE_FILE)
+    return data
 
 
 def write(state_dir, data):
     """Write daemon.json atomically (readers never see half a file)."""
-    path = Path(state_dir) / STATE_FILE
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(partial, path)
+    processes.write_json(Path(state_dir) / STATE_FILE, data)
 
 
 def remove(state_dir, pid=None):
     """Remove daemon.json; with ``pid``, only when it is that daemon's."""
-    data = read(state_dir)
-    if data is None or (pid is not None and data.get("pid") != pid):
-        return
     try:
-        (Path(state_dir) / STATE_FILE).unlink()
+        server(state_dir).remove_state(pid)
     except OSError:
         pass
 
 
-def pid_alive(pid):
-    """Whether process ``pid`` exists and is not a zombie."""
-    try:
-        pid = int(pid)
-        os.kill(pid, 0)
-    except (TypeError, ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def is_daemon(pid):
-    """Whether ``pid`` runs the emulator's daemon (not a recycled pid); True if unknown."""
-    try:
-        with open(f"/proc/{int(pid)}/cmdline", "rb") as cmdline:
-            return DAEMON_MODULE.encode() in cmdline.read()
-    except (OSError, ValueError, TypeError):
-        return True
-
-
 def port_answers(port, host=LOOPBACK, timeout=0.5):
     """Whether something accepts connections on ``host:port``."""
+    return processes.answers(host, port, timeout)
+
+
+def running(state_dir, warnings=None):
+    """daemon.json of a live daemon of ours that answers, else None. A lost or wrong
+    daemon.json is rebuilt from the process table or removed; ``warnings`` (a list)
+    receives what was done about it."""
+    found = server(state_dir)
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return True
-    except (OSError, TypeError, ValueError):
-        return False
-
-
-def running(state_dir):
-    """daemon.json of a live daemon that answers, else None."""
-    data = read(state_dir)
-    if not data:
-        return None
-    pid = data.get("pid")
-    if not (pid_alive(pid) and is_daemon(pid) and port_answers(data.get("port"))):
+        data, _ = found.locate()
+    except OSError:
+        data = None
+    if warnings is not None:
+        warnings.extend(found.warnings)
+    if not data or not port_answers(data.get("port"), data.get("host") or LOOPBACK):
         return None
     return data
