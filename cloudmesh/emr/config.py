@@ -12,7 +12,7 @@ a missing file is not an error. Keys read (cloudmesh conventions)::
       emr:
         default: {cloud, release, master, node, count, loguri}
         local: {delay}
-        server: {token}
+        server: {token, hosts}
 
 Where a key is absent, boto3's own chain applies (AWS_PROFILE, AWS_ACCESS_KEY_ID,
 ~/.aws/, AWS_ENDPOINT_URL, AWS_DEFAULT_REGION). Secrets are held here only long
@@ -20,11 +20,15 @@ enough to build a boto3 session; they are never printed or recorded.
 """
 
 import os
+import re
 from pathlib import Path
 
 from cloudmesh.emr.errors import UsageError
 
 LOCAL = "local"
+
+# a host name or address as a Host header names it, with an optional port
+HOST_NAME = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:\d{1,5})?$")
 
 # what `cms emr start` uses when neither the command line nor cloudmesh.yaml says
 EMR_DEFAULTS = {
@@ -204,6 +208,19 @@ class Settings:
     def server_token(self):
         token = self.get("emr", "server", "token")
         return str(token) if token else None
+
+    def server_hosts(self):
+        """The host names (``name`` or ``name:port``) the REST service answers besides its
+        own address and localhost: cloudmesh.emr.server.hosts, a list or one name."""
+        value = self.get("emr", "server", "hosts", default=[])
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list) or not all(isinstance(n, str) and HOST_NAME.match(n)
+                                                  for n in names):
+            raise UsageError(
+                "cloudmesh.emr.server.hosts must be a list of host names such as "
+                "emr.example.org or emr.example.org:8443"
+            )
+        return [name.lower() for name in names]
 
     def local_delay(self):
         """Seconds per lifecycle step of the emulator (STARTING -> BOOTSTRAPPING -> ...)."""

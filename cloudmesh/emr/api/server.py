@@ -8,8 +8,11 @@ as ISO-8601 strings. Errors become ``application/problem+json`` with the status 
 their class (see errors.py); anything unexpected becomes a 500 problem that shows no
 internals, with the traceback in the server's log only.
 
-Around connexion sit three small ASGI middlewares: the access log, HEAD served as a GET
-without its body, and a guard behind connexion's router (see OperationGuard).
+Around connexion sit four small ASGI middlewares: the access log, HEAD served as a GET
+without its body, a guard in front of everything that refuses requests from anyone but
+the service's user (see RequestGuard), and a guard behind connexion's router (see
+OperationGuard). The spec it serves is built from emr.yaml when the app is made, so it
+says what this app does (see served_spec).
 
 Only ``cms emr server start`` imports this module: connexion is not loaded otherwise.
 """
@@ -47,6 +50,8 @@ ERRORS_BY_NAME = {cls.__name__: cls for cls in PROBLEM_TYPES}
 
 INTERNAL = ("the service failed unexpectedly; the server log says where "
             "(please report it)")
+JSON = "application/json"
+HTTP_PORTS = {"http": 80, "https": 443}
 
 
 def problem_type(slug):
@@ -279,6 +284,27 @@ def _unreadable(request, error):
     return _problem(400, UsageError.title, f"the request body is {what}", "bad-request")
 
 
+class Refused(Exception):
+    """A request the service will not take, whatever it asks: answered with ``status``."""
+
+    TITLES = {400: "Bad request", 403: "Forbidden", 415: "Unsupported media type"}
+
+    def __init__(self, status, slug, detail):
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.detail = detail
+
+
+def _refused(request, refused):
+    return _problem(refused.status, Refused.TITLES[refused.status], refused.detail, refused.slug)
+
+
+def _unsupported(request, error):
+    """connexion's 415 (a body in a media type the operation does not take), typed like ours."""
+    return _problem(415, Refused.TITLES[415], error.detail, "unsupported-media-type")
+
+
 def _unexpected(request, error):
     """The catch-all: a defect. The log keeps the traceback; the client sees no internals."""
     LOG.error("%s %s: unexpected %s", request.method, request.url.path, type(error).__name__,
@@ -292,12 +318,12 @@ def _unexpected(request, error):
 def _security_map(token):
     """connexion's handler for the spec's bearer scheme, bound to this app's token.
 
-    With a token, every operation needs ``Authorization: Bearer <token>``, compared in
-    constant time. Without one (loopback, nothing configured), every request passes.
+    Every operation needs ``Authorization: Bearer <token>``, compared in constant time.
+    Without a token the served spec has no security requirement, and this is not used.
     """
     from connexion.security import BearerSecurityHandler
 
-    expected = token.encode() if token else None
+    expected = token.encode()
 
     def check(given):
         if hmac.compare_digest(given.encode(), expected):
@@ -306,11 +332,47 @@ def _security_map(token):
 
     class TokenHandler(BearerSecurityHandler):
         def get_fn(self, security_scheme, required_scopes):
-            if expected is None:
-                return lambda request: {}
             return self._get_verify_func(check)
 
     return {"bearer": TokenHandler}
+
+
+def _bearer(headers):
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    scheme, _, given = (headers.get("authorization") or "").partition(" ")
+    return given.strip() if scheme.lower() == "bearer" and given.strip() else None
+
+
+# ---- the spec as served -------------------------------------------------------------------
+
+
+def served_spec(token):
+    """emr.yaml as this app serves it: what the app requires and accepts, no more.
+
+    - With a token every operation requires the bearer scheme; without one the spec has
+      no security requirement, no securitySchemes and no 401 answers.
+    - A query parameter marked ``x-vocabulary: <kind>`` lists the words of that table of
+      vocabulary.py (lower and upper case) as the enum of its items.
+    """
+    import yaml
+
+    from cloudmesh.emr.api import vocabulary
+
+    spec = yaml.safe_load(SPEC.read_text())
+    components = spec["components"]
+    if not token:
+        spec.pop("security", None)
+        components.pop("securitySchemes", None)
+        components["responses"].pop("Unauthorized", None)
+        for item in spec["paths"].values():
+            for method, operation in item.items():
+                if method != "parameters":
+                    operation["responses"].pop("401", None)
+    for parameter in components["parameters"].values():
+        kind = parameter.get("x-vocabulary")
+        if kind is not None:
+            parameter["schema"]["items"]["enum"] = vocabulary.spellings(kind)
+    return spec
 
 
 # ---- middlewares -------------------------------------------------------------------
@@ -370,6 +432,122 @@ class HeadAsGet:
         await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
+def _authority(value, default_port):
+    """(host, port) that ``host[:port]`` names, host in lower case without brackets;
+    None when it is not a host name or address with an optional port."""
+    from urllib.parse import urlsplit
+
+    from cloudmesh.emr.config import HOST_NAME
+
+    if not HOST_NAME.match(value):
+        return None
+    parts = urlsplit(f"//{value}")
+    try:
+        port = parts.port
+    except ValueError:  # out of range
+        return None
+    return parts.hostname, default_port if port is None else port
+
+
+@dataclass(frozen=True)
+class Audience:
+    """Whom the service answers: the names a Host header (or an Origin) may give.
+
+    Its own address and ``localhost``, on its own port; any IP address of the machine
+    when it is bound to all of them (0.0.0.0 or ::); and the names of
+    cloudmesh.emr.server.hosts (``name`` on any port, ``name:port`` on that one).
+    """
+
+    address: str
+    port: int
+    names: tuple = ()
+
+    @classmethod
+    def of(cls, address, port, hosts=()):
+        names = tuple(_authority(name, None) for name in hosts)
+        return cls(address.lower().strip("[]"), int(port), names)
+
+    def admits(self, host, port):
+        if any(host == name and named in (None, port) for name, named in self.names):
+            return True
+        if port != self.port:
+            return False
+        if host in (self.address, *LOOPBACK_NAMES):
+            return True
+        try:
+            given = ipaddress.ip_address(host)
+        except ValueError:  # a name: only the listed ones
+            return False
+        if self.address in LOOPBACK_NAMES:
+            return given.is_loopback
+        bound = ipaddress.ip_address(self.address)
+        return given == bound or bound.is_unspecified
+
+    def admits_host(self, value):
+        where = _authority(value, HTTP_PORTS["http"])
+        return where is not None and self.admits(*where)
+
+    def admits_origin(self, origin):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(origin)
+        if parts.scheme not in HTTP_PORTS or parts.path or parts.query or "@" in parts.netloc:
+            return False  # 'null', a file: page, anything that is not http(s)://host[:port]
+        where = _authority(parts.netloc, HTTP_PORTS[parts.scheme])
+        return where is not None and self.admits(*where)
+
+    def example(self):
+        address = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{address}:{self.port}"
+
+
+class RequestGuard:
+    """ASGI middleware in front of everything but the error handlers: only the service's
+    user gets an answer.
+
+    - The Host header must name the service (see Audience), else 400: a web page whose
+      name an attacker points at 127.0.0.1 (DNS rebinding) gets nothing.
+    - A request that carries an Origin the Audience does not admit (a page of another
+      site in the user's browser) is refused with 403 unless it carries the bearer token.
+    The service sends no CORS header, so a browser grants no cross-site preflight.
+    """
+
+    def __init__(self, app, audience, token=None):
+        self.app = app
+        self.audience = audience
+        self.token = token.encode() if token else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        hosts, origins, headers = [], [], {}
+        for name, value in scope["headers"]:
+            name, value = name.decode("latin-1").lower(), value.decode("latin-1")
+            headers.setdefault(name, value)
+            if name == "host":
+                hosts.append(value)
+            elif name == "origin":
+                origins.append(value)
+        if len(hosts) != 1 or not self.audience.admits_host(hosts[0]):
+            shown = repr(hosts[0][:100]) if hosts else "none"
+            raise Refused(400, "bad-request",
+                          f"the Host header ({shown}) does not name this service: use "
+                          f"{self.audience.example()} or localhost:{self.audience.port}, or list "
+                          "the name under cloudmesh.emr.server.hosts in cloudmesh.yaml")
+        if origins and not (len(origins) == 1 and self.audience.admits_origin(origins[0])) \
+                and not self._token_given(headers):
+            raise Refused(403, "forbidden",
+                          f"requests from pages of another site (Origin {origins[0][:100]!r}) "
+                          "are refused; send the bearer token, or call the service from a "
+                          "program, not a web page")
+        await self.app(scope, receive, send)
+
+    def _token_given(self, headers):
+        given = _bearer(headers)
+        return (self.token is not None and given is not None
+                and hmac.compare_digest(given.encode(), self.token))
+
+
 class ClientGone(Exception):
     """The client went away before it had sent the whole request body."""
 
@@ -383,6 +561,7 @@ class Operation:
     query: tuple  # the names of its query parameters
     media_types: tuple  # the media types its request body may have, the spec's first first
     fields: tuple  # the properties of its JSON or form body
+    vocabularies: tuple = ()  # (query parameter, vocabulary kind) of its word filters
 
 
 def spec_operations(spec):
@@ -409,7 +588,8 @@ def spec_operations(spec):
                               if f not in fields)
             table[op["operationId"]] = Operation(
                 method.upper(), path, tuple(p["name"] for p in parameters if p["in"] == "query"),
-                tuple(content), tuple(fields))
+                tuple(content), tuple(fields),
+                tuple((p["name"], p["x-vocabulary"]) for p in parameters if "x-vocabulary" in p))
     return table
 
 
@@ -419,8 +599,10 @@ class OperationGuard:
     - A request the router could not tie to an operation of our API is a 404 here.
       connexion would pass it to Flask, whose own router may still match it (a path
       with an encoded newline) and fail outside connexion's context: a 500.
-    - A request body without a Content-Type is read as the operation's first media
-      type, as connexion's validation already assumes (Flask would see raw bytes).
+    - A JSON operation (POST) takes a body that says it is JSON, else 415: a browser
+      sends a body without Content-Type (or as text/plain) cross-site without asking
+      first. An upload body without a Content-Type is read as raw bytes, the first media
+      type of its operation (PUT always needs a preflight the service never grants).
     - A client that disconnects in the middle of its body raises ClientGone where the
       body is read, so an upload is never stored cut short.
     - connexion's 400s say which values are accepted where they name an unknown one.
@@ -443,14 +625,39 @@ class OperationGuard:
                                      "see /openapi.json or /ui")
         headers = scope["headers"]
         if operation.media_types and not any(name == b"content-type" for name, _ in headers):
+            if JSON in operation.media_types:
+                raise Refused(415, "unsupported-media-type",
+                              f"{operation.method} {operation.path} takes a JSON body: send it "
+                              f"with Content-Type: {JSON}")
             scope = {**scope, "headers": [*headers, (b"content-type",
                                                      operation.media_types[0].encode())]}
+        self._check_words(operation, scope)
         from connexion.exceptions import BadRequestProblem
 
         try:
             await self.app(scope, self._watched(receive), send)
         except BadRequestProblem as problem:
             raise BadRequestProblem(self._detail(operation, problem.detail or "")) from None
+
+    @staticmethod
+    def _check_words(operation, scope):
+        """A filter word the spec does not list is a 400 in the command line's words
+        (connexion's own check would say only that it is not in the enum)."""
+        if not operation.vocabularies:
+            return
+        from urllib.parse import parse_qsl
+
+        from cloudmesh.emr.api import vocabulary
+
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"),
+                          keep_blank_values=True)
+        for name, kind in operation.vocabularies:
+            for value in (v for k, v in query if k == name):
+                if value not in vocabulary.spellings(kind):
+                    raise UsageError(
+                        f"{name}: '{value}' is not a {kind}; use one of: "
+                        f"{', '.join(vocabulary.words(kind))} (lower or upper case, one word "
+                        f"per value; repeat {name} for several)")
 
     @staticmethod
     def _watched(receive):
@@ -498,11 +705,13 @@ class TerminatedInput:
 # ---- the app and the server ------------------------------------------------------------
 
 
-def create_app(cloud=None, token=None, settings=None, host="127.0.0.1"):
-    """The connexion app of the service for ``cloud``; its ``test_client()`` serves tests.
+def create_app(cloud=None, token=None, settings=None, host="127.0.0.1", port=8080):
+    """The connexion app of the service for ``cloud`` on ``host``:``port``; its
+    ``test_client(base_url="http://127.0.0.1:8080")`` serves tests.
 
     ``token``: the bearer token every operation requires; it is required when ``host``
-    is not a loopback address, and a UsageError otherwise.
+    is not a loopback address, and a UsageError otherwise. Requests must name
+    ``host``:``port``, localhost or a name of cloudmesh.emr.server.hosts as their Host.
     """
     try:
         import connexion
@@ -517,18 +726,20 @@ def create_app(cloud=None, token=None, settings=None, host="127.0.0.1"):
             f"refusing to serve on {host} without a bearer token: set "
             "cloudmesh.emr.server.token in cloudmesh.yaml, or serve on 127.0.0.1"
         )
-    import yaml
-
     service = Service(cloud, settings)
+    audience = Audience.of(host, port, service.settings.server_hosts())
+    spec = served_spec(token)
     app = connexion.FlaskApp(
         __name__,
         specification_dir=str(SPEC.parent),
         swagger_ui_options=SwaggerUIOptions(swagger_ui=True, swagger_ui_path="/ui",
                                             spec_path="/openapi.json"),
     )
-    app.add_api(SPEC.name, strict_validation=True, validate_responses=True,
-                security_map=_security_map(token))
-    from connexion.exceptions import BadRequestProblem, NonConformingResponse, OAuthProblem
+    app.add_api(spec, strict_validation=True, validate_responses=True,
+                security_map=_security_map(token) if token else None)
+    from connexion.exceptions import (
+        BadRequestProblem, NonConformingResponse, OAuthProblem, UnsupportedMediaTypeProblem,
+    )
     from starlette.formparsers import MultiPartException
 
     app.add_error_handler(EmrError, _emr_error)
@@ -536,14 +747,18 @@ def create_app(cloud=None, token=None, settings=None, host="127.0.0.1"):
     app.add_error_handler(OAuthProblem, _unauthorized)
     app.add_error_handler(Unrecorded, _unrecorded)
     app.add_error_handler(ClientGone, _client_gone)
+    app.add_error_handler(Refused, _refused)
+    app.add_error_handler(UnsupportedMediaTypeProblem, _unsupported)
     for unreadable in (UnicodeDecodeError, MultiPartException):
         app.add_error_handler(unreadable, _unreadable)
     app.add_error_handler(NonConformingResponse, _nonconforming)
     app.add_error_handler(Exception, _unexpected)
     app.add_middleware(AccessLog, position=MiddlewarePosition.BEFORE_EXCEPTION)
     app.add_middleware(HeadAsGet, position=MiddlewarePosition.BEFORE_EXCEPTION)
+    app.add_middleware(RequestGuard, position=MiddlewarePosition.BEFORE_SWAGGER,
+                       audience=audience, token=token)
     app.add_middleware(OperationGuard, position=MiddlewarePosition.BEFORE_SECURITY,
-                       operations=spec_operations(yaml.safe_load(SPEC.read_text())))
+                       operations=spec_operations(spec))
     app.add_wsgi_middleware(TerminatedInput)
     app.app.extensions[EXTENSION] = service
     app.service = service
@@ -596,6 +811,7 @@ def serve(host="127.0.0.1", port=8080, cloud=None):
 
     settings = Settings.load()
     sock = _listen(host, port)
+    port = sock.getsockname()[1] or port  # the port it got, when asked for any (0)
     try:
         token = settings.server_token()
         if not token and not is_loopback(host):
@@ -604,7 +820,7 @@ def serve(host="127.0.0.1", port=8080, cloud=None):
                   file=sys.stderr, flush=True)
         with warnings.catch_warnings():  # connexion imports starlette's test client
             warnings.filterwarnings("ignore", message=".*starlette.testclient")
-            app = create_app(cloud=cloud, token=token, settings=settings, host=host)
+            app = create_app(cloud=cloud, token=token, settings=settings, host=host, port=port)
         try:
             import uvicorn
         except ImportError:

@@ -62,6 +62,27 @@ def split_words(values):
     return words
 
 
+def aws_names(kind):
+    """The AWS names the words of vocabulary ``kind`` stand for, each once, in table order."""
+    names = []
+    for meaning in FILTERS[kind][1].values():
+        names.extend(n for n in meaning if n not in names)
+    return names
+
+
+def words(kind):
+    """Every word vocabulary ``kind`` accepts as it is written: all, ours, AWS's."""
+    return ["all", *FILTERS[kind][1], *aws_names(kind)]
+
+
+def spellings(kind):
+    """The words of ``kind`` in lower and in upper case: what the REST spec lists."""
+    listed = []
+    for case in (str.lower, str.upper):
+        listed.extend(case(w) for w in words(kind) if case(w) not in listed)
+    return listed
+
+
 def translate(kind, values):
     """The AWS names that the words ``values`` mean, in a stable order; [] for no filter.
 
@@ -69,19 +90,17 @@ def translate(kind, values):
     when the option was given with no word at all.
     """
     option, table = FILTERS[kind]
-    aws_names = []
-    for name in table.values():
-        aws_names.extend(n for n in name if n not in aws_names)
-    words = split_words(values)
-    valid = ", ".join(["all", *table, *aws_names])
-    if values and not words:  # --status= with nothing after it: an empty shell variable?
+    names = aws_names(kind)
+    given = split_words(values)
+    valid = ", ".join(words(kind))
+    if values and not given:  # --status= with nothing after it: an empty shell variable?
         raise UsageError(f"{option}: no word given; use one of: {valid}")
-    if not words or any(word.lower() == "all" for word in words):
+    if not given or any(word.lower() == "all" for word in given):
         return []
     wanted = []
-    for word in words:
+    for word in given:
         meaning = table.get(word.lower())
-        if meaning is None and word.upper() in aws_names:
+        if meaning is None and word.upper() in names:
             meaning = [word.upper()]
         if meaning is None:
             raise UsageError(f"{option}: '{word}' is not a {kind}; use one of: {valid}")
