@@ -1032,7 +1032,10 @@ emr start NAME [--master=MASTER] [--node=NODE] [--count=COUNT] [--release=LABEL]
 emr stop CLUSTERID... [--format=FORMAT] [--cloud=CLOUD]
 emr upload FILE BUCKET BUCKETNAME [--cloud=CLOUD]
 emr copy CLUSTERID BUCKET BUCKETNAME [--cloud=CLOUD]
-emr run CLUSTERID BUCKET BUCKETNAME [ARGS...] [--cloud=CLOUD]
+emr run CLUSTERID BUCKET BUCKETNAME [ARGS...] [--class=MAIN] [--name=NAME] [--on-failure=ACTION] [--wait] [--cloud=CLOUD]
+emr stream CLUSTERID --mapper=S3URI --reducer=S3URI --input=S3URI... --output=S3URI [--name=NAME] [--on-failure=ACTION] [--wait] [--cloud=CLOUD]
+emr logs CLUSTERID STEPID [--file=FILE] [--tail=N] [--cloud=CLOUD]
+emr diagnose CLUSTERID [STEPID] [--format=FORMAT] [--cloud=CLOUD]
 """.strip().splitlines()
 
 

@@ -58,6 +58,53 @@ def action_result(action):
     return "ok"
 
 
+def place(diagnosis):
+    """``file:line in function`` of a diagnosis, when a stack trace named it."""
+    where = diagnosis.get("Where") or {}
+    if not where.get("File"):
+        return ""
+    text = where["File"] + (f":{where['Line']}" if where.get("Line") else "")
+    return text + (f" in {where['Function']}" if where.get("Function") else "")
+
+
+def log_place(diagnosis):
+    if not diagnosis.get("Log"):
+        return ""
+    return diagnosis["Log"] + (f" line {diagnosis['LogLine']}" if diagnosis.get("LogLine") else "")
+
+
+def cancel_result(action):
+    response = action.get("Response") or {}
+    if action.get("Error"):
+        return f"error: {action['Error']['Message']}"
+    return " ".join(str(part) for part in (response.get("Status"), response.get("Reason")) if part)
+
+
+def diagnosis_text(diagnosis):
+    """A diagnosis as a reader wants it in a terminal: what, where, what to do, the excerpt."""
+    subject = (f"step {diagnosis['StepId']}" if diagnosis.get("StepId")
+               else f"cluster {diagnosis.get('ClusterId')}")
+    name = f" ({diagnosis['Name']})" if diagnosis.get("Name") else ""
+    lines = [f"{subject}{name}: {diagnosis.get('State')}",
+             f"  Cause: {diagnosis.get('Title')} [{diagnosis.get('Class')}]"]
+    if diagnosis.get("Line"):
+        lines.append(f"  Line:  {diagnosis['Line']}")
+    if place(diagnosis):
+        lines.append(f"  Where: {place(diagnosis)}")
+    if log_place(diagnosis):
+        lines.append(f"  Log:   {log_place(diagnosis)}")
+    if diagnosis.get("Hint"):
+        import textwrap
+
+        lines += textwrap.wrap(diagnosis["Hint"], width=92, initial_indent="  Hint:  ",
+                               subsequent_indent="         ")
+    excerpt = diagnosis.get("Excerpt") or []
+    if excerpt:
+        lines.append("  Excerpt:")
+        lines += [f"    | {line}" for line in excerpt]
+    return "\n".join(lines)
+
+
 # kind -> [(header, dotted path or function of the record)]
 COLUMNS = {
     "cluster": [
@@ -73,6 +120,14 @@ COLUMNS = {
     "step": [
         ("Id", "Id"), ("Name", "Name"), ("State", "Status.State"), ("Reason", step_reason),
         ("Created", "Status.Timeline.CreationDateTime"), ("Command", step_command),
+    ],
+    "diagnosis": [
+        ("Step", "StepId"), ("Cluster", "ClusterId"), ("State", "State"), ("Class", "Class"),
+        ("Line", "Line"), ("Where", place), ("Log", log_place), ("Hint", "Hint"),
+    ],
+    "cancel": [
+        ("Step", "Target"), ("Cluster", "ClusterId"), ("Was", "Response.PreviousState"),
+        ("Cancel", cancel_result),
     ],
     "action": [
         ("Action", "Action"), ("Target", "Target"), ("Cluster", "ClusterId"),

@@ -28,6 +28,19 @@ MASTER_HOME = "/home/hadoop/"
 MIN_VCPU = 2
 
 COUNT = re.compile(r"^\s*\d+\s*$")
+STEP_ID = re.compile(r"^s-[A-Za-z0-9]{1,64}$")
+JAVA_CLASS = re.compile(r"^[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*$")
+S3_URI = re.compile(r"s3[an]?://([^/\s]+)/?(\S*)")
+# a step log and its rotated parts: stderr.gz, stderr.1.gz, stderr.2026-11-23-10.gz, stderr
+LOG_PART = re.compile(r"(?P<name>[a-z]+)(?:\.(?P<part>(?!gz$)[\w-]+))?(?:\.gz)?")
+# a container log: <container-id>/stderr.gz (on some releases <node>/<container-id>/...)
+CONTAINER_LOG = re.compile(r"(?:[^/]+/)*container_[\w]+/(?P<name>stderr|stdout)(?:\.gz)?")
+BOOTSTRAP_ACTION = re.compile(r"bootstrap action (\d+)")
+INSTANCE_ID = re.compile(r"\bi-[0-9a-f]{8,17}\b")
+LOG_BYTES = 4 * 1024 * 1024  # of each log, the last 4 MiB are read for a diagnosis
+LOG_DELAY = 10 * 60  # EMR copies step logs to S3 every few minutes: after 10, they are late
+MOST_APPLICATIONS = 3  # YARN applications of one step whose container logs are read
+BOOTSTRAP_STDERR_LINES = 10
 
 # botocore error codes that mean "your credentials or rights are the problem"
 DENIED = {
@@ -317,7 +330,7 @@ class Provider:
             step["ClusterId"] = cluster_id
         steps = newest_first(utc(steps))
         self._record("step", steps, cluster=cluster_id)
-        return steps
+        return self.attach_diagnoses(cluster_id, steps)
 
     def _describe(self, cluster_id):
         check_cluster_id(cluster_id)
@@ -521,7 +534,7 @@ class Provider:
                             response={"ETag": head.get("ETag"),
                                       "ContentLength": head.get("ContentLength")})
 
-    def _add_step(self, action, cluster_id, name, args):
+    def _add_step(self, action, cluster_id, name, args, on_failure="CONTINUE", jar=COMMAND_RUNNER):
         check_cluster_id(cluster_id)
         cluster = self._describe(cluster_id)
         state = cluster["Status"]["State"]
@@ -530,8 +543,8 @@ class Provider:
                 f"cluster {cluster_id} is {state} and takes no more steps; "
                 "start a new one with 'cms emr start NAME'"
             )
-        step = {"Name": name, "ActionOnFailure": "CONTINUE",
-                "HadoopJarStep": {"Jar": COMMAND_RUNNER, "Args": args}}
+        step = {"Name": name, "ActionOnFailure": on_failure,
+                "HadoopJarStep": {"Jar": jar, "Args": args}}
         emr = self.client("emr")
         answer = self._ask(action, cluster_id, f"add a step to {cluster_id}",
                            lambda: emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[step]),
@@ -546,10 +559,433 @@ class Provider:
         return self._add_step("copy", cluster_id, f"copy {url}",
                               ["aws", "s3", "cp", url, MASTER_HOME])
 
-    def run(self, cluster_id, bucket, key, args=None):
-        """A step that runs s3://bucket/key with spark-submit and the given arguments."""
+    def run(self, cluster_id, bucket, key, args=None, main_class=None, name=None,
+            on_failure=None):
+        """A step that runs s3://bucket/key with spark-submit and the given arguments.
+
+        A key ending in ``.jar`` is a Spark application jar: ``--class MAIN`` when
+        ``main_class`` is given, else spark-submit reads the jar's own Main-Class.
+        """
         self.warnings = []
         url = check_bucket(bucket, key)
         args = [str(arg) for arg in (args or [])]
-        return self._add_step("run", cluster_id, f"spark-submit {key.rsplit('/', 1)[-1]}",
-                              ["spark-submit", url, *args])
+        program = key.rstrip("/").rsplit("/", 1)[-1]
+        command = ["spark-submit"]
+        if main_class is not None:
+            if not key.lower().endswith(".jar"):
+                raise UsageError(f"--class is for a Spark application jar; {program} is not a .jar")
+            if not JAVA_CLASS.match(str(main_class)):
+                raise UsageError(f"--class: '{shown(main_class)}' is not a Java class name "
+                                 "like com.example.WordCount")
+            command += ["--class", str(main_class)]
+        on_failure = vocabulary.one_word("--on-failure", vocabulary.ON_FAILURE, on_failure,
+                                         "continue")
+        return self._add_step("run", cluster_id, step_name(name, program),
+                              [*command, url, *args], on_failure=on_failure)
+
+    def stream(self, cluster_id, mapper, reducer, inputs, output, name=None, on_failure=None):
+        """A Hadoop streaming step (command-runner.jar hadoop-streaming), as boto's
+        StreamingStep made it: the mapper and reducer are shipped with -files."""
+        self.warnings = []
+        for option, value in (("--mapper", mapper), ("--reducer", reducer), ("--output", output)):
+            check_s3_uri(option, value)
+        inputs = [check_s3_uri("--input", value) for value in (inputs or [])]
+        if not inputs:
+            raise UsageError("--input: give at least one s3:// input")
+        if mapper.rsplit("/", 1)[-1] == reducer.rsplit("/", 1)[-1] and mapper != reducer:
+            raise UsageError("--mapper and --reducer have the same file name; -files would "
+                             "ship only one of them: rename one")
+        on_failure = vocabulary.one_word("--on-failure", vocabulary.ON_FAILURE, on_failure,
+                                         "continue")
+        files = ",".join(dict.fromkeys((mapper, reducer)))
+        args = ["hadoop-streaming", "-files", files,
+                "-mapper", mapper.rsplit("/", 1)[-1], "-reducer", reducer.rsplit("/", 1)[-1]]
+        for uri in inputs:
+            args += ["-input", uri]
+        args += ["-output", output]
+        default = f"stream {mapper.rsplit('/', 1)[-1]} {reducer.rsplit('/', 1)[-1]}"
+        return self._add_step("stream", cluster_id, step_name(name, default), args,
+                              on_failure=on_failure)
+
+    def cancel(self, cluster_id, step_ids):
+        """CancelSteps (SEND_INTERRUPT) for each step; one action record per step.
+
+        A step that already ended, or that EMR would not cancel, is reported in its
+        action's ``Response`` (Status FAILED and the reason), not raised, so the other
+        steps are still cancelled.
+        """
+        self.warnings = []
+        check_cluster_id(cluster_id)
+        for step_id in step_ids:
+            check_step_id(step_id)
+        step_ids = list(dict.fromkeys(step_ids))
+        emr = self.client("emr")
+        states = {}
+        for step_id in step_ids:
+            with self._aws(f"describe step {step_id} of {cluster_id}"):
+                step = emr.describe_step(ClusterId=cluster_id, StepId=step_id)["Step"]
+            states[step_id] = step["Status"]["State"]
+        live = [s for s in step_ids if states[s] not in vocabulary.STEP_ENDED]
+        answers = {}
+        if live:
+            request = {"ClusterId": cluster_id, "StepIds": live,
+                       "StepCancellationOption": "SEND_INTERRUPT"}
+            answer = self._ask("cancel", cluster_id, f"cancel steps of {cluster_id}",
+                               lambda: emr.cancel_steps(**request), cluster=cluster_id,
+                               request=request)
+            answers = {info.get("StepId"): info for info in answer.get("CancelStepsInfoList", [])}
+        actions = []
+        for step_id in step_ids:
+            before = states[step_id]
+            if step_id in answers:
+                info = answers[step_id]
+                response = {"StepId": step_id, "Status": info.get("Status", "SUBMITTED"),
+                            "Reason": info.get("Reason") or "", "PreviousState": before}
+            elif before in vocabulary.STEP_ENDED:
+                response = {"StepId": step_id, "Status": "FAILED", "PreviousState": before,
+                            "Reason": f"the step already ended ({before}); nothing to cancel"}
+            else:
+                response = {"StepId": step_id, "Status": "SUBMITTED", "PreviousState": before,
+                            "Reason": ""}
+            actions.append(self._action("cancel", step_id, cluster=cluster_id,
+                                        request={"ClusterId": cluster_id, "StepId": step_id,
+                                                 "StepCancellationOption": "SEND_INTERRUPT"},
+                                        response=response))
+        return actions
+
+    # ---- step logs and diagnosis ------------------------------------------------------
+
+    def describe_step(self, cluster_id, step_id):
+        check_cluster_id(cluster_id)
+        check_step_id(step_id)
+        emr = self.client("emr")
+        with self._aws(f"describe step {step_id} of {cluster_id}"):
+            step = utc(emr.describe_step(ClusterId=cluster_id, StepId=step_id)["Step"])
+        step["ClusterId"] = cluster_id
+        return step
+
+    def _log_root(self, cluster):
+        """(bucket, prefix) of the cluster's logs: <LogUri>/<cluster-id>/."""
+        uri = cluster.get("LogUri")
+        where = split_s3_uri(uri or "")
+        if not where:
+            raise EmrError(
+                f"cluster {cluster['Id']} keeps no logs: it was started without a LogUri. "
+                "Start clusters with --loguri=s3://BUCKET/logs/, or set "
+                "cloudmesh.emr.default.loguri in cloudmesh.yaml so every new cluster gets one"
+            )
+        bucket, prefix = where
+        prefix = prefix.strip("/")
+        return bucket, (f"{prefix}/" if prefix else "") + f"{cluster['Id']}/"
+
+    def _read_logs(self, bucket, keys, most=LOG_BYTES):
+        """The decompressed text of the S3 objects ``keys`` (gzip or not), joined in order;
+        of a long log only its last ``most`` bytes are kept."""
+        import gzip
+        import zlib
+
+        s3 = self.client("s3")
+        parts = []
+        for key in keys:
+            with self._aws(f"read s3://{bucket}/{key}"):
+                body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            if body[:2] == b"\x1f\x8b":
+                try:
+                    body = gzip.decompress(body)
+                except (OSError, EOFError, zlib.error):
+                    self.warnings.append(f"s3://{bucket}/{key} is not a whole gzip file; "
+                                         "showing what could be read")
+                    body = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body)
+            parts.append(body)
+        data = b"".join(parts)
+        if most and len(data) > most:
+            data = data[-most:]
+            data = data[data.find(b"\n") + 1:]
+        return data.decode("utf-8", errors="replace")
+
+    def _list_keys(self, bucket, prefix):
+        s3 = self.client("s3")
+        with self._aws(f"list s3://{bucket}/{prefix}"):
+            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+    def _step_log_keys(self, bucket, base, name):
+        """The keys of log ``name`` under ``base``: rotated parts first, in order, then
+        the current one (``stderr.1.gz``, ``stderr.2.gz``, ``stderr.gz``)."""
+        found = []
+        for key in self._list_keys(bucket, base):
+            match = LOG_PART.fullmatch(key[len(base):])
+            if match and match.group("name") == name:
+                found.append(key)
+        return sorted(found, key=log_part_order)
+
+    def logs(self, cluster_id, step_id, file="stderr", tail=None):
+        """The text of a step's log FILE from the cluster's LogUri, decompressed.
+
+        No LogUri, or no log yet: EmrError (exit 1) that says why and what to do.
+        """
+        self.warnings = []
+        file = (file or "stderr").strip().lower()
+        if file not in vocabulary.STEP_LOG_FILES:
+            raise UsageError(f"--file: '{shown(file)}' is not one of: "
+                             f"{', '.join(vocabulary.STEP_LOG_FILES)}")
+        tail = check_tail(tail)
+        cluster = self._describe(cluster_id)
+        step = self.describe_step(cluster_id, step_id)
+        bucket, root = self._log_root(cluster)
+        base = f"{root}steps/{step_id}/"
+        keys = self._step_log_keys(bucket, base, file)
+        if not keys:
+            raise self._no_log_yet(step, f"s3://{bucket}/{base}{file}.gz")
+        text = self._read_logs(bucket, keys, most=None)
+        if tail is not None:
+            lines = text.splitlines()
+            text = "\n".join(lines[-tail:] if tail else [])
+        return text
+
+    @staticmethod
+    def _no_log_yet(step, where):
+        state = step["Status"]["State"]
+        ended = (step["Status"].get("Timeline") or {}).get("EndDateTime")
+        if state not in vocabulary.STEP_ENDED:
+            return NotFound(f"step {step['Id']} is {state}: EMR writes its logs to S3 "
+                            f"({where}) every few minutes while it runs and after it ends; "
+                            "try again in a few minutes")
+        if ended is not None and now() - ended < datetime.timedelta(seconds=LOG_DELAY):
+            return NotFound(f"no log at {where} yet: step {step['Id']} ended "
+                            f"{int((now() - ended).total_seconds())} s ago, and EMR copies step "
+                            "logs to S3 every few minutes; try again in about 5 minutes")
+        return NotFound(f"no log at {where}: the step wrote none, or its logs were deleted")
+
+    def _gather(self, cluster, step):
+        """The logs of a step to diagnose: [diagnosis.Log], and whether S3 had them."""
+        from cloudmesh.emr.api import diagnosis
+
+        status = step["Status"]
+        failure = status.get("FailureDetails") or {}
+        reason = (status.get("StateChangeReason") or {}).get("Message") or ""
+        found = [diagnosis.Log("status", "step state",
+                               f"step state: {status['State']} {reason}".rstrip())]
+        if failure:
+            found.append(diagnosis.Log("failure", "FailureDetails", "\n".join(
+                f"{key}: {failure[key]}" for key in ("Reason", "Message", "LogFile")
+                if failure.get(key))))
+        try:
+            bucket, root = self._log_root(cluster)
+        except EmrError:
+            self.warnings.append(f"cluster {cluster['Id']} has no LogUri: diagnosed from "
+                                 "FailureDetails alone")
+            return found, False
+        base = f"{root}steps/{step['Id']}/"
+        complete = False
+        for name in ("stderr", "stdout", "controller", "syslog"):
+            keys = self._step_log_keys(bucket, base, name)
+            if keys:
+                complete = True
+                found.append(diagnosis.Log(name, f"s3://{bucket}/{base}{name}.gz",
+                                           self._read_logs(bucket, keys)))
+        if not complete:
+            self.warnings.append(str(self._no_log_yet(step, f"s3://{bucket}/{base}").message))
+        named = " ".join(log.text for log in found if log.source in ("stderr", "controller",
+                                                                      "syslog"))
+        for application in diagnosis.applications(named)[:MOST_APPLICATIONS]:
+            folder = f"{root}containers/{application}/"
+            for key in sorted(self._list_keys(bucket, folder)):
+                match = CONTAINER_LOG.fullmatch(key[len(folder):])
+                if match:
+                    found.append(diagnosis.Log(f"container-{match.group('name')}",
+                                               f"s3://{bucket}/{key}",
+                                               self._read_logs(bucket, [key])))
+        return found, complete
+
+    def _gather_cluster(self, cluster):
+        """The logs of a cluster that ended with an error (a bootstrap action failed)."""
+        from cloudmesh.emr.api import diagnosis
+
+        status = cluster["Status"]
+        reason = status.get("StateChangeReason") or {}
+        line = f"cluster state: {status['State']} {reason.get('Code', '')}: {reason.get('Message', '')}"
+        found = [diagnosis.Log("status", "cluster state", line)]
+        action = BOOTSTRAP_ACTION.search(reason.get("Message") or "")
+        instance = INSTANCE_ID.search(reason.get("Message") or "")
+        details = {}
+        if action:
+            number = int(action.group(1))
+            actions = self._pages("list_bootstrap_actions", "BootstrapActions",
+                                  f"list the bootstrap actions of {cluster['Id']}",
+                                  ClusterId=cluster["Id"])
+            if 0 < number <= len(actions):
+                details = {"Number": number, "Name": actions[number - 1].get("Name"),
+                           "ScriptPath": actions[number - 1].get("ScriptPath"),
+                           "Args": actions[number - 1].get("Args") or []}
+            else:
+                details = {"Number": number}
+        complete = False
+        if action:
+            try:
+                bucket, root = self._log_root(cluster)
+            except EmrError:
+                bucket = None
+            if bucket:
+                folder = f"{root}node/{instance.group(0) + '/' if instance else ''}"
+                pattern = re.compile(rf"(?:[^/]+/)?bootstrap-actions/{details['Number']}/"
+                                     r"(stderr|controller|stdout)(?:\.gz)?")
+                for key in sorted(self._list_keys(bucket, folder)):
+                    match = pattern.fullmatch(key[len(folder):])
+                    if match:
+                        complete = True
+                        text = self._read_logs(bucket, [key])
+                        found.append(diagnosis.Log("bootstrap", f"s3://{bucket}/{key}", text))
+                        if match.group(1) == "stderr":
+                            details["Stderr"] = text.splitlines()[-BOOTSTRAP_STDERR_LINES:]
+                        code = diagnosis.exit_code(text)
+                        if code is not None:
+                            details["ExitCode"] = code
+        return found, complete, details
+
+    def diagnose(self, cluster_id, step_id=None):
+        """Why a step failed (or every failed step of the cluster, and the cluster itself
+        when it ended with an error): a list of diagnosis records, each recorded in the
+        database (kind ``diagnosis``, keyed by the step or cluster id)."""
+        from cloudmesh.emr.api import diagnosis
+
+        self.warnings = []
+        check_cluster_id(cluster_id)
+        cluster = self._describe(cluster_id)
+        if step_id is not None:
+            steps = [self.describe_step(cluster_id, step_id)]
+        else:
+            steps = self.list_steps(cluster_id, state=["failed", "interrupted"])
+            steps = sorted(steps, key=created)
+        results = []
+        for step in steps:
+            state = step["Status"]["State"]
+            record = {"Id": step["Id"], "StepId": step["Id"], "ClusterId": cluster_id,
+                      "Name": step.get("Name"), "State": state,
+                      "FailureDetails": step["Status"].get("FailureDetails") or {},
+                      "Time": now()}
+            if state not in vocabulary.STEP_NOT_OK:
+                record.update(Class="no-failure", Title="Step did not fail",
+                              Line=f"step {step['Id']} is {state}", Hint=(
+                                  "Nothing to diagnose: the step has not failed."
+                                  if state == "COMPLETED" else
+                                  f"Wait for it: cms emr wait {cluster_id} {step['Id']}"),
+                              Excerpt=[])
+                results.append(record)
+                continue
+            logs, complete = self._gather(cluster, step)
+            record.update(diagnosis.diagnose(logs))
+            record["Logs"] = [log.name for log in logs]
+            record["Complete"] = complete
+            results.append(record)
+        if step_id is None and cluster["Status"]["State"] == "TERMINATED_WITH_ERRORS":
+            logs, complete, details = self._gather_cluster(cluster)
+            record = {"Id": cluster_id, "StepId": None, "ClusterId": cluster_id,
+                      "Name": cluster.get("Name"), "State": cluster["Status"]["State"],
+                      "FailureDetails": cluster["Status"].get("StateChangeReason") or {},
+                      "Time": now(), **diagnosis.diagnose(logs)}
+            if details:
+                record["BootstrapAction"] = details
+                record["Hint"] = diagnosis.bootstrap_hint(record["Hint"], details)
+            record["Logs"] = [log.name for log in logs]
+            record["Complete"] = complete
+            results.append(record)
+        self._record("diagnosis", [r for r in results if r["Class"] != "no-failure"],
+                     cluster=cluster_id)
+        return results
+
+    def stored_diagnosis(self, cluster_id, step_id):
+        """The recorded diagnosis of a step (read from the database only), or None."""
+        check_cluster_id(cluster_id)
+        check_step_id(step_id)
+        try:
+            found = self.database.find(self.cloud, "diagnosis",
+                                       {"cm.id": step_id, "cm.cluster": cluster_id})
+        except DatabaseError as error:
+            self.database_error = error
+            return None
+        for document in found:
+            document.pop("_id", None)
+            document.pop("cm", None)
+            return document
+        return None
+
+    def diagnosis(self, cluster_id, step_id):
+        """The diagnosis of a step: the stored one when it was made from the step's logs,
+        else a new one (which reads S3 and is stored)."""
+        stored = self.stored_diagnosis(cluster_id, step_id)
+        if stored and stored.get("Complete"):
+            stored["Stored"] = True
+            return stored
+        return self.diagnose(cluster_id, step_id)[0]
+
+    def attach_diagnoses(self, cluster_id, steps):
+        """Each failed step of ``steps`` with its stored diagnosis under ``Diagnosis``."""
+        failed = [step for step in steps if step["Status"]["State"] in vocabulary.STEP_NOT_OK]
+        if not failed:
+            return steps
+        try:
+            found = self.database.find(self.cloud, "diagnosis", {"cm.cluster": cluster_id})
+        except DatabaseError as error:
+            self.database_error = error
+            return steps
+        by_step = {}
+        for document in found:
+            document.pop("_id", None)
+            document.pop("cm", None)
+            by_step[document.get("StepId")] = document
+        for step in failed:
+            if step["Id"] in by_step:
+                step["Diagnosis"] = by_step[step["Id"]]
+        return steps
+
+
+def step_name(name, default):
+    if name is None:
+        return default
+    if not str(name).strip() or len(str(name)) > 256:
+        raise UsageError("--name: a step name is 1 to 256 characters")
+    return str(name)
+
+
+def shown(value, most=60):
+    text = " ".join(str(value).split())
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
+def check_step_id(step_id):
+    if not isinstance(step_id, str) or not STEP_ID.match(step_id):
+        raise UsageError(f"'{shown(step_id)}' is not a step id; step ids look like "
+                         "s-1EXAMPLESTEP (see 'cms emr list steps CLUSTERID')")
+    return step_id
+
+
+def split_s3_uri(uri):
+    """(bucket, key) of an s3://, s3n:// or s3a:// URI, or None."""
+    match = S3_URI.fullmatch(str(uri or ""))
+    return (match.group(1), match.group(2) or "") if match else None
+
+
+def check_s3_uri(option, value):
+    where = split_s3_uri(value)
+    if not where or not BUCKET.match(where[0]):
+        raise UsageError(f"{option}: '{shown(value)}' is not an S3 URI like "
+                         "s3://my-bucket/path/file")
+    return value
+
+
+def check_tail(tail):
+    if tail is None:
+        return None
+    if isinstance(tail, bool) or not COUNT.match(str(tail)):
+        raise UsageError(f"--tail: '{shown(tail)}' is not a whole number of lines")
+    return int(tail)
+
+
+def log_part_order(key):
+    """Rotated parts (stderr.1.gz, stderr.2.gz, ...) in order, the current one last."""
+    match = LOG_PART.fullmatch(key.rsplit("/", 1)[-1])
+    part = match.group("part") if match else None
+    if part is None:
+        return (1, 0, "")
+    return (0, int(part), "") if part.isdigit() else (0, 0, part)

@@ -106,3 +106,30 @@ def translate(kind, values):
             raise UsageError(f"{option}: '{word}' is not a {kind}; use one of: {valid}")
         wanted.extend(name for name in meaning if name not in wanted)
     return wanted
+
+
+# --on-failure of run and stream: what EMR does when the step fails (ActionOnFailure)
+ON_FAILURE = {
+    "continue": "CONTINUE",
+    "cancel": "CANCEL_AND_WAIT",
+    "terminate": "TERMINATE_CLUSTER",
+}
+
+# the step logs EMR writes to <LogUri>/<cluster>/steps/<step>/FILE.gz
+STEP_LOG_FILES = ("stderr", "stdout", "controller", "syslog")
+
+# step states in which a step has ended, and the ones that count as its failure
+STEP_ENDED = ("COMPLETED", "CANCELLED", "FAILED", "INTERRUPTED")
+STEP_NOT_OK = ("CANCELLED", "FAILED", "INTERRUPTED")
+
+
+def one_word(option, table, value, default):
+    """The AWS name of ``value`` in ``table`` (any case, AWS's own names too)."""
+    if value is None:
+        return table[default]
+    word = str(value).strip()
+    if word.lower() in table:
+        return table[word.lower()]
+    if word.upper() in table.values():
+        return word.upper()
+    raise UsageError(f"{option}: '{word}' is not one of: {', '.join(table)}")

@@ -18,7 +18,8 @@ except ImportError:  # standalone: our own `cms` runs it
 
 BIG_FILE = 8 * 1024 * 1024  # show upload progress above this size, on a terminal
 # the verbs that work on a cloud; each runs as EmrCommand._<verb>(arguments, provider, format)
-VERBS = ("list", "describe", "start", "stop", "upload", "copy", "run")
+VERBS = ("list", "describe", "start", "stop", "upload", "copy", "run", "stream", "cancel", "logs",
+         "diagnose")
 
 
 def say(line=""):
@@ -53,7 +54,11 @@ class EmrCommand(PluginCommand):
           emr stop CLUSTERID... [--format=FORMAT] [--cloud=CLOUD]
           emr upload FILE BUCKET BUCKETNAME [--cloud=CLOUD]
           emr copy CLUSTERID BUCKET BUCKETNAME [--cloud=CLOUD]
-          emr run CLUSTERID BUCKET BUCKETNAME [ARGS...] [--cloud=CLOUD]
+          emr run CLUSTERID BUCKET BUCKETNAME [ARGS...] [--class=MAIN] [--name=NAME] [--on-failure=ACTION] [--wait] [--cloud=CLOUD]
+          emr stream CLUSTERID --mapper=S3URI --reducer=S3URI --input=S3URI... --output=S3URI [--name=NAME] [--on-failure=ACTION] [--wait] [--cloud=CLOUD]
+          emr cancel CLUSTERID STEPID... [--format=FORMAT] [--cloud=CLOUD]
+          emr logs CLUSTERID STEPID [--file=FILE] [--tail=N] [--cloud=CLOUD]
+          emr diagnose CLUSTERID [STEPID] [--format=FORMAT] [--cloud=CLOUD]
           emr db (start|stop|status) [--format=FORMAT]
           emr local start [--port=PORT]
           emr local status [--format=FORMAT]
@@ -70,6 +75,7 @@ class EmrCommand(PluginCommand):
           BUCKETNAME   the object name (key) in the bucket
           ARGS         arguments for the Spark program; put -- before them
                        when they start with a dash
+          STEPID       a step id, such as s-1EXAMPLESTEP
 
         Options:
           --status=STATUS  clusters: all, active, start, boot, run, wait,
@@ -89,6 +95,20 @@ class EmrCommand(PluginCommand):
           --port=PORT      port to listen on (local: any free one; server: 8080)
           --host=HOST      address of the REST service [default: 127.0.0.1]
           --force          stop the emulator even while clusters are active
+          --class=MAIN     run: the main class of a Spark application jar
+                           (default: the Main-Class of the jar's manifest)
+          --name=NAME      the step's name (default: the program's file name)
+          --on-failure=ACTION  continue (the default), cancel (the steps after
+                           it: CANCEL_AND_WAIT) or terminate (the cluster)
+          --wait           wait for the step to end; exit 1 if it did not
+                           complete, with the probable cause on stderr
+          --mapper=S3URI   stream: the mapper program (s3://...)
+          --reducer=S3URI  stream: the reducer program (s3://...)
+          --input=S3URI    stream: input files or folders; repeat it
+          --output=S3URI   stream: the output folder (must not exist)
+          --file=FILE      logs: stderr, stdout, controller or syslog
+                           [default: stderr]
+          --tail=N         logs: only the last N lines
 
         Description:
           Every result is recorded in MongoDB (collections <cloud>-emr-<kind>).
@@ -247,8 +267,86 @@ class EmrCommand(PluginCommand):
         args = list(a["ARGS"])
         if "--" in args:  # docopt keeps the separator that lets ARGS start with a dash
             args.remove("--")
-        action = provider.run(a["CLUSTERID"][0], a["BUCKET"], a["BUCKETNAME"], args)
+        action = provider.run(a["CLUSTERID"][0], a["BUCKET"], a["BUCKETNAME"], args,
+                              main_class=a["--class"], name=a["--name"],
+                              on_failure=a["--on-failure"])
+        return self._added(a, provider, action)
+
+    def _stream(self, a, provider, fmt):
+        action = provider.stream(a["CLUSTERID"][0], a["--mapper"], a["--reducer"], a["--input"],
+                                 a["--output"], name=a["--name"], on_failure=a["--on-failure"])
+        return self._added(a, provider, action)
+
+    def _added(self, a, provider, action):
+        """Print the new step's id; with --wait, wait for it and explain a failure."""
         say(action["Target"])
+        if not a.get("--wait"):
+            return 0
+        return self._wait_steps(provider, a["CLUSTERID"][0], [action["Target"]])
+
+    def _wait_steps(self, provider, cluster_id, step_ids):
+        """Wait until the steps end; print each final state; diagnose the ones that did
+        not complete, on stderr. 0 when all completed, else 1."""
+        for line in provider.warnings:
+            warn(f"WARNING: {line}")
+        provider.warnings = []
+        if not hasattr(provider, "wait_steps"):
+            raise EmrError("--wait needs 'cms emr wait', which this version lacks; "
+                           f"follow the step with 'cms emr list steps {cluster_id}'")
+
+        def heard(step_id, state, reason):
+            warn(f"{step_id} {state}" + (f": {reason}" if reason else ""))
+
+        steps = provider.wait_steps(cluster_id, step_ids, progress=heard)
+        return self._explain(provider, cluster_id, steps)
+
+    def _explain(self, provider, cluster_id, steps):
+        from cloudmesh.emr import printer
+        from cloudmesh.emr.api import vocabulary
+
+        code = 0
+        for step in steps:
+            state = step["Status"]["State"]
+            say(f"{step['Id']} {state}")
+            if state in vocabulary.STEP_NOT_OK:
+                code = 1
+                try:
+                    diagnosis = provider.diagnose(cluster_id, step["Id"])[0]
+                except EmrError as error:
+                    warn(f"ERROR: cannot diagnose {step['Id']}: {error.message}")
+                    continue
+                for line in provider.warnings:
+                    warn(f"WARNING: {line}")
+                provider.warnings = []
+                print(printer.diagnosis_text(diagnosis), file=sys.stderr, flush=True)
+        return code
+
+    def _cancel(self, a, provider, fmt):
+        from cloudmesh.emr import printer
+
+        actions = provider.cancel(a["CLUSTERID"][0], a["STEPID"])
+        say(printer.render(actions, "cancel" if fmt in ("table", "csv") else "action", fmt))
+        return 0
+
+    def _logs(self, a, provider, fmt):
+        text = provider.logs(a["CLUSTERID"][0], a["STEPID"][0], file=a["--file"],
+                             tail=a["--tail"])
+        if text:
+            say(text.rstrip("\n"))
+        return 0
+
+    def _diagnose(self, a, provider, fmt):
+        from cloudmesh.emr import printer
+
+        step = a["STEPID"][0] if a["STEPID"] else None
+        found = provider.diagnose(a["CLUSTERID"][0], step)
+        if fmt == "table":
+            if not found:
+                say(f"cluster {a['CLUSTERID'][0]}: no failed step, and the cluster did not "
+                    "end with an error")
+            say("\n\n".join(printer.diagnosis_text(d) for d in found))
+        else:
+            say(printer.render(found, "diagnosis", fmt))
         return 0
 
     def _upload(self, a, provider, fmt):

@@ -1,0 +1,181 @@
+"""Why a step failed: `cms emr diagnose`, `logs` and `cancel`, and the stored diagnosis.
+
+Two kinds of evidence. Log fixtures in EMR's own layout (``tests/fixtures/emr-logs/<case>/``:
+``<cluster>/steps/<step>/{stderr,stdout,controller}``, ``<cluster>/containers/<application>/
+<container>/{stderr,stdout}``, ``<cluster>/node/<instance>/bootstrap-actions/<n>/...``, each
+gzip'ed into S3 as EMR writes it) for what the emulator cannot produce, such as a YARN
+memory kill, read through the real `cms emr` command against moto; and failing programs run
+on the emulator (tests/test_steps_kinds.py runs the step kinds themselves).
+"""
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from emr_helpers import backend, lean_moto, one_error_line, run_job_flow, set_cluster, set_step  # noqa: F401
+
+FIXTURES = Path(__file__).parent / "fixtures" / "emr-logs"
+CASES = sorted(path.name for path in FIXTURES.iterdir() if (path / "case.yaml").is_file())
+LOG_BUCKET = "aws-logs-fixture"
+LOG_URI = f"s3://{LOG_BUCKET}/elasticmapreduce/"
+
+
+@pytest.fixture
+def emr(aws):
+    import boto3
+
+    return boto3.client("emr", region_name="us-east-1")
+
+
+@pytest.fixture
+def s3(aws):
+    import boto3
+
+    client = boto3.client("s3", region_name="us-east-1")
+    client.create_bucket(Bucket=LOG_BUCKET)
+    return client
+
+
+def load_case(name):
+    return yaml.safe_load((FIXTURES / name / "case.yaml").read_text())
+
+
+def upload_logs(s3, folder, case, cluster_id, step_id):
+    """The fixture's log tree, gzip'ed under LogUri/<cluster_id>/ as EMR writes it (with
+    the ids moto gave the cluster and step)."""
+    root = folder / case["cluster"]
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            relative = path.relative_to(root).as_posix()
+            if case.get("step"):
+                relative = relative.replace(f"steps/{case['step']}/", f"steps/{step_id}/")
+            key = f"elasticmapreduce/{cluster_id}/{relative}.gz"
+            s3.put_object(Bucket=LOG_BUCKET, Key=key, Body=gzip.compress(path.read_bytes()))
+
+
+def make_case(emr, s3, name):
+    """A moto cluster (and step) in the state the case describes, its logs in S3."""
+    case = load_case(name)
+    extra = {}
+    if case.get("bootstrap"):
+        extra["BootstrapActions"] = [
+            {"Name": b["Name"], "ScriptBootstrapAction": {"Path": b["Path"], "Args": b["Args"]}}
+            for b in case["bootstrap"]]
+    cluster_id = run_job_flow(emr, f"case {name}", LogUri=LOG_URI, **extra)
+    step_id = None
+    if case.get("step"):
+        step_id = emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[{
+            "Name": name, "ActionOnFailure": "CONTINUE",
+            "HadoopJarStep": {"Jar": "command-runner.jar",
+                              "Args": ["spark-submit", "s3://my-bucket/jobs/job.py"]}}])["StepIds"][0]
+        set_step(cluster_id, step_id, state=case["state"])
+    if case.get("cluster_state"):
+        set_cluster(cluster_id, state=case["cluster_state"], reason=case["reason"]["Message"])
+    upload_logs(s3, FIXTURES / name, case, cluster_id, step_id)
+    return case, cluster_id, step_id
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_each_fixture_is_diagnosed_to_its_class_with_its_line(emr, s3, cm, cms, name):
+    case, cluster_id, step_id = make_case(emr, s3, name)
+    expect = case["expect"]
+    args = ["diagnose", cluster_id] + ([step_id] if step_id else []) + ["--format=json"]
+    result = cms(*args)
+    assert result.code == 0, result.err
+    found = json.loads(result.out)
+    assert len(found) == 1
+    diagnosis = found[0]
+    assert diagnosis["Class"] == expect["class"], (diagnosis, result.err)
+    assert expect["line"] in diagnosis["Line"]
+    if "log" in expect:
+        assert diagnosis["Log"].endswith(expect["log"] + ".gz")
+    if "file" in expect:
+        assert diagnosis["Where"]["File"].endswith(expect["file"])
+        assert diagnosis["Where"]["Line"] == expect["lineno"]
+    assert diagnosis["Hint"]
+    if expect["class"] != "unknown":
+        assert expect["line"] in "\n".join(diagnosis["Excerpt"]) or diagnosis["Log"] in (
+            "step state", "cluster state")
+    if "exit_code" in expect:
+        action = diagnosis["BootstrapAction"]
+        assert action["ExitCode"] == expect["exit_code"]
+        assert action["Name"] == expect["action"]
+        assert any(expect["stderr"] in line for line in action["Stderr"])
+        assert expect["action"] in diagnosis["Hint"] and "exit code 1" in diagnosis["Hint"]
+    # recorded, keyed by the step (or the cluster), with the excerpt it came from
+    documents = cm.docs("aws", "diagnosis")
+    assert [d["_id"] for d in documents] == [f"aws/diagnosis/{step_id or cluster_id}"]
+    assert documents[0]["Class"] == expect["class"]
+    assert documents[0]["Excerpt"] == diagnosis["Excerpt"]
+
+
+def test_table_output_says_class_line_where_and_hint(emr, s3, cm, cms):
+    _, cluster_id, step_id = make_case(emr, s3, "java-exception")
+    result = cms("diagnose", cluster_id, step_id)
+    assert result.code == 0, result.err
+    assert "Java exception behind a Py4JJavaError" in result.out
+    assert 'java.lang.NumberFormatException: For input string: "ten"' in result.out
+    assert "/mnt/tmp/spark-2b/parse.py:5" in result.out
+    assert "Hint" in result.out
+
+
+def test_diagnose_a_cluster_covers_every_failed_step(emr, s3, cm, cms):
+    _, cluster_id, step_id = make_case(emr, s3, "heap-space")
+    ok = emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[{
+        "Name": "fine", "ActionOnFailure": "CONTINUE",
+        "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["spark-submit", "s3://b/ok.py"]}}])
+    set_step(cluster_id, ok["StepIds"][0], state="COMPLETED")
+    result = cms("diagnose", cluster_id, "--format=json")
+    assert result.code == 0, result.err
+    assert [(d["StepId"], d["Class"]) for d in json.loads(result.out)] == [(step_id, "out-of-memory")]
+    # list steps --format=json carries the stored diagnosis of the failed step
+    steps = json.loads(cms("list", "steps", cluster_id, "--format=json").out)
+    by_id = {s["Id"]: s for s in steps}
+    assert by_id[step_id]["Diagnosis"]["Class"] == "out-of-memory"
+    assert "Diagnosis" not in by_id[ok["StepIds"][0]]
+
+
+def test_logs_joins_rotated_parts_and_tails(emr, s3, cm, cms):
+    _, cluster_id, step_id = make_case(emr, s3, "unknown")
+    base = f"elasticmapreduce/{cluster_id}/steps/{step_id}/"
+    s3.put_object(Bucket=LOG_BUCKET, Key=base + "stdout.2.gz", Body=gzip.compress(b"two\n"))
+    s3.put_object(Bucket=LOG_BUCKET, Key=base + "stdout.1.gz", Body=gzip.compress(b"one\n"))
+    s3.put_object(Bucket=LOG_BUCKET, Key=base + "stdout.gz", Body=gzip.compress(b"now\n"))
+    result = cms("logs", cluster_id, step_id, "--file=stdout")
+    assert result.code == 0, result.err
+    assert result.out.split() == ["one", "two", "now"]
+    result = cms("logs", cluster_id, step_id, "--tail=1")
+    assert result.out.strip() == "load failed: the data warehouse said no"
+    result = cms("logs", cluster_id, step_id, "--file=nosuch")
+    assert result.code == 2 and one_error_line(result.err)
+
+
+def test_logs_without_a_log_uri_say_how_to_set_one(emr, cm, cms):
+    cluster_id = run_job_flow(emr, "no logs")
+    step_id = emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[{
+        "Name": "x", "ActionOnFailure": "CONTINUE",
+        "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["spark-submit", "s3://b/x.py"]}}])["StepIds"][0]
+    result = cms("logs", cluster_id, step_id)
+    assert result.code == 1 and one_error_line(result.err)
+    assert "LogUri" in result.err and "--loguri" in result.err
+    assert "cloudmesh.emr.default.loguri" in result.err
+
+
+def test_logs_before_emr_copied_them_say_so(emr, s3, cm, cms):
+    import datetime
+
+    cluster_id = run_job_flow(emr, "late logs", LogUri=LOG_URI)
+    step_id = emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[{
+        "Name": "x", "ActionOnFailure": "CONTINUE",
+        "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["spark-submit", "s3://b/x.py"]}}])["StepIds"][0]
+    step = set_step(cluster_id, step_id, state="FAILED")
+    step.end_date_time = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=2)
+    result = cms("logs", cluster_id, step_id)
+    assert result.code == 1 and one_error_line(result.err)
+    assert "every few minutes" in result.err
+    step.end_date_time = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=2)
+    result = cms("logs", cluster_id, step_id)
+    assert result.code == 1 and "every few minutes" not in result.err
