@@ -18,7 +18,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_namespace_packages(include=["cloudmesh.*"]),
-    package_data={"cloudmesh.emr": ["api/emr.yaml", "data/*.json"]},
+    package_data={"cloudmesh.emr": ["api/emr.yaml", "data/*.json", "data/*.yaml"]},
     install_requires=[
         "boto3>=1.34",
         "docopt-ng>=0.9",
