@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= test,local,server
+# the AWS CLI v1 from PyPI, in a venv of its own: it pins its own botocore
+AWSCLI_VENV ?= .venv-awscli
 
 .PHONY: install test demo bench clean
 
@@ -21,8 +23,14 @@ test: install
 demo: install
 	$(BIN)/python examples/demo.py
 
-bench: install
+bench: install $(AWSCLI_VENV)/bin/aws
 	$(BIN)/python bench/run.py
 
+$(AWSCLI_VENV)/bin/aws:
+	test -x $(AWSCLI_VENV)/bin/python || $(PYTHON) -m venv $(AWSCLI_VENV)
+	$(AWSCLI_VENV)/bin/python -m pip install --quiet awscli
+
+.venv-awscli: $(AWSCLI_VENV)/bin/aws
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(AWSCLI_VENV) build *.egg-info .pytest_cache
