@@ -207,7 +207,11 @@ class Server:
 
     @contextmanager
     def start_lock(self, what="start"):
-        """Hold our start lock: one start at a time per folder."""
+        """Hold our start lock: one start (or stop) at a time per folder. Without the
+        folder there is nothing to lock (nor any file of ours to protect)."""
+        if not self.lock_file.parent.is_dir():
+            yield
+            return
         with lock(self.lock_file, what=what):
             self._holding = True
             try:
@@ -349,11 +353,13 @@ class Server:
         """Stop every process of ours serving our folder: SIGTERM, then SIGKILL after
         ``timeout``; return (state, [pids]) of what ran. Only processes that pass
         ``is_ours`` are signalled; the state file is removed afterwards."""
-        state, process = self.locate(save=False)
-        processes = [process] if process is not None else []
-        processes += [p for p in self.find() if process is None or p.pid != process.pid]
-        pids = terminate(processes, timeout)
-        self.remove_state()
+        with self.start_lock(what="stop"):
+            state, process = self.locate(save=False)
+            processes = [process] if process is not None else []
+            processes += [p for p in self.find() if process is None or p.pid != process.pid]
+            pids = terminate(processes, timeout)
+            if pids:
+                self.remove_state()
         return state, pids
 
 

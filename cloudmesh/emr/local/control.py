@@ -260,10 +260,16 @@ def stop(force=False, state=None):
     state = _state(state)
     daemon = server(state)
     try:
-        data, process = daemon.locate(save=False)
+        with daemon.start_lock(what="stop the emulator"):
+            return _stop(force, state, daemon)
+    except processes.ProcessError as error:
+        raise EmrError(error.message) from None
     finally:
         warnings.extend(daemon.warnings)
-        del daemon.warnings[:]
+
+
+def _stop(force, state, daemon):
+    data, process = daemon.locate(save=False)
     if process is None:
         return {"Stopped": False, "Pid": None, "Endpoint": None,
                 "Lost": "nothing: the local emulator is not running"}
@@ -290,7 +296,7 @@ def stop(force=False, state=None):
                 )
             lost = f"lost {what}"
     processes.terminate([process], STOP_TIMEOUT)  # checked to be ours by locate()
-    daemon.remove_state(process.pid)
+    daemon.remove_state()  # ours, or stale: no daemon serves this folder any more
     return {"Stopped": True, "Pid": process.pid, "Endpoint": url, "Lost": lost}
 
 

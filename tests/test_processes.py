@@ -1,0 +1,354 @@
+"""The processes we own: their state files lost or damaged, and pids that are not ours.
+
+Real servers only: SecantusDB (``secantusd-py``, run as a separate process) for the
+embedded database and the emulator daemon, each on 127.0.0.1 in a temporary folder.
+A foreign process is a ``sleep`` this module starts itself; every test checks that it
+still runs afterwards, and stops it by its pid. Records are read back with pymongo.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import uuid
+
+import pytest
+import yaml
+
+from cloudmesh.emr import processes
+from cloudmesh.emr.database import EmbeddedServer
+from cloudmesh.emr.local import control
+from emr_helpers import lean_moto, run_job_flow  # noqa: F401  lean_moto: autouse
+
+WARNING = re.compile(r"^WARNING: .*state file", re.MULTILINE)
+
+
+# ---- helpers -----------------------------------------------------------------------------
+
+
+def gone(pid):
+    """True once the process has ended (a zombie waiting for its parent counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def ended_pid():
+    """The pid of a process that has exited (a stale pid)."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+@pytest.fixture
+def foreign():
+    """A live process that is not ours; it must survive every test."""
+    process = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    yield process
+    alive = process.poll() is None
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(10)
+    assert alive, "the foreign process was signalled"
+
+
+# what each damage writes into a state file; None: delete it
+DAMAGES = {
+    "deleted": lambda foreign: None,
+    "truncated": lambda foreign: "",
+    "half": lambda foreign: '{"pid": 12',
+    "garbage": lambda foreign: '"x"',
+    "null-pid": lambda foreign: '{"pid": null, "host": "127.0.0.1", "port": 1}',
+    "stale-pid": lambda foreign: json.dumps({"pid": ended_pid(), "host": "127.0.0.1", "port": 1}),
+    "foreign-pid": lambda foreign: json.dumps({"pid": foreign.pid, "host": "127.0.0.1",
+                                               "port": 1}),
+    "pid-0": lambda foreign: '{"pid": 0, "host": "127.0.0.1", "port": 1}',
+    "pid-minus-1": lambda foreign: '{"pid": -1, "host": "127.0.0.1", "port": 1}',
+}
+
+
+def damage(path, how, foreign):
+    text = DAMAGES[how](foreign)
+    if text is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_text(text)
+
+
+def write_config(folder, mongo, dbname):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cloudmesh.yaml").write_text(yaml.safe_dump({"cloudmesh": {
+        "data": {"mongo": {**mongo, "MONGO_DBNAME": dbname}}}}))
+
+
+# ---- the module itself -----------------------------------------------------------------------
+
+
+def test_state_files_are_written_whole_and_private(tmp_path):
+    path = tmp_path / "server.json"
+    processes.write_json(path, {"pid": 1234, "port": 5})
+    assert json.loads(path.read_text()) == {"pid": 1234, "port": 5}
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["server.json"]  # no partial file left
+
+
+@pytest.mark.parametrize("how", sorted(DAMAGES))
+def test_a_damaged_state_file_is_read_as_none_with_a_reason(tmp_path, how, foreign):
+    path = tmp_path / "server.json"
+    damage(path, how, foreign)
+    data, problem = processes.read_json(path)
+    if how in ("stale-pid", "foreign-pid"):  # well-formed: the process table decides
+        assert data["pid"] >= 2 and problem is None
+    else:
+        assert data is None
+        assert (problem is None) == (how == "deleted")
+
+
+def test_a_failed_start_reports_its_last_line_and_leaves_nothing(tmp_path):
+    log = tmp_path / "server.log"
+    log.write_text("an earlier run\n")
+    command = [sys.executable, "-c", "print('starting'); print('port taken', flush=True); "
+               "raise SystemExit(3)"]
+    with pytest.raises(processes.ProcessError) as caught:
+        processes.spawn(command, log, lambda process, out: None, 30, "the test server")
+    assert "port taken" in caught.value.message and "exit 3" in caught.value.message
+    assert log.read_text().startswith("an earlier run\n")  # appended, never truncated
+
+
+def test_a_start_that_never_gets_ready_is_stopped(tmp_path):
+    seen = []
+
+    def ready(process, output):
+        seen.append(process.pid)
+        return None
+
+    with pytest.raises(processes.ProcessError, match="did not start within"):
+        processes.spawn(["sleep", "600"], tmp_path / "log", ready, 0.5, "the test server")
+    assert seen and gone(seen[0])
+
+
+# ---- the embedded database ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    """A config folder in MODE embedded whose SecantusDB server runs (module-wide)."""
+    folder = tmp_path_factory.mktemp("embedded")
+    write_config(folder, {"MODE": "embedded"}, f"test_{uuid.uuid4().hex[:12]}")
+    server = EmbeddedServer(folder / "emr" / "db")
+    state, _ = server.start()
+    yield folder, server, state
+    server.stop(wait=3)
+
+
+@pytest.fixture
+def in_embedded(embedded, monkeypatch):
+    folder, server, state = embedded
+    monkeypatch.setenv("CLOUDMESH_CONFIG_DIR", str(folder))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    assert server.running()["pid"] == state["pid"], "the module's server must run"
+    return embedded
+
+
+@pytest.mark.parametrize("how", sorted(DAMAGES))
+def test_db_commands_work_while_the_state_file_is_damaged(in_embedded, cms, how, foreign):
+    """The server runs; its server.json is damaged. Status tells the truth, the file is
+    written again from the process table, a command records its results, start does not
+    start a second server nor touch the running one's log."""
+    import boto3
+    import pymongo
+    from moto import mock_aws
+
+    folder, server, state = in_embedded
+    log_before = server.log.read_text()
+    damage(server.state_file, how, foreign)
+
+    status = cms("db", "status", "--format=json")
+    assert status.code == 0, status.err
+    info = json.loads(status.out)
+    assert info["Running"] is True and info["Pid"] == state["pid"]
+    assert info["Address"] == f"127.0.0.1:{state['port']}"
+    assert WARNING.search(status.err), status.err
+    assert "ERROR" not in status.err
+    assert json.loads(server.state_file.read_text())["pid"] == state["pid"]
+
+    damage(server.state_file, how, foreign)
+    with mock_aws():
+        cid = run_job_flow(boto3.client("emr", region_name="us-east-1"), f"damaged-{how}")
+        listed = cms("list", "clusters", "--format=json")
+    assert listed.code == 0, listed.err
+    assert cid in listed.out and WARNING.search(listed.err), listed.err
+    client = pymongo.MongoClient("127.0.0.1", state["port"], serverSelectionTimeoutMS=5000)
+    try:
+        dbname = yaml.safe_load((folder / "cloudmesh.yaml").read_text())[
+            "cloudmesh"]["data"]["mongo"]["MONGO_DBNAME"]
+        assert client[dbname]["aws-emr-cluster"].find_one({"_id": f"aws/cluster/{cid}"})
+    finally:
+        client.close()
+
+    damage(server.state_file, how, foreign)
+    again = cms("db", "start")
+    assert again.code == 0, again.err
+    assert f"already running at 127.0.0.1:{state['port']} (pid {state['pid']})" in again.out
+    assert server.log.read_text().startswith(log_before)  # the running server's log kept
+    assert [p.pid for p in server._server.find()] == [state["pid"]]  # one server, ours
+
+
+def test_db_stop_never_signals_another_folders_server(in_embedded, cms, mongo_server):
+    """A SecantusDB server of another folder (the session's) is not ours: its pid in
+    our server.json is neither trusted nor signalled."""
+    folder, server, state = in_embedded
+    other = mongo_server["pid"]
+    server.state_file.write_text(json.dumps({**state, "pid": other}))
+    status = json.loads(cms("db", "status", "--format=json").out)
+    assert status["Pid"] == state["pid"]
+    assert not gone(other) and not gone(state["pid"])
+
+
+@pytest.mark.parametrize("how", ["deleted", "foreign-pid"])
+def test_db_stop_finds_a_server_whose_state_file_is_lost(tmp_path, monkeypatch, cms, how,
+                                                         foreign):
+    folder = tmp_path / "config"
+    write_config(folder, {"MODE": "embedded"}, "test_stop")
+    monkeypatch.setenv("CLOUDMESH_CONFIG_DIR", str(folder))
+    server = EmbeddedServer(folder / "emr" / "db")
+    state, _ = server.start()
+    try:
+        damage(server.state_file, how, foreign)
+        stopped = cms("db", "stop")
+        assert stopped.code == 0, stopped.err
+        assert f"database stopped (pid {state['pid']})" in stopped.out
+        assert gone(state["pid"]) and not server.state_file.exists()
+        assert json.loads(cms("db", "status", "--format=json").out)["Running"] is False
+        assert "was not running" in cms("db", "stop").out
+    finally:
+        if not gone(state["pid"]):
+            os.kill(state["pid"], signal.SIGKILL)
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "null-pid", "stale-pid", "foreign-pid",
+                                 "pid-0", "pid-minus-1"])
+def test_db_with_no_server_removes_a_stale_state_file_and_signals_nothing(
+        tmp_path, monkeypatch, cms, how, foreign):
+    folder = tmp_path / "config"
+    write_config(folder, {"MODE": "embedded"}, "test_stale")
+    monkeypatch.setenv("CLOUDMESH_CONFIG_DIR", str(folder))
+    state_file = folder / "emr" / "db" / "server.json"
+    state_file.parent.mkdir(parents=True)
+
+    damage(state_file, how, foreign)
+    status = cms("db", "status", "--format=json")
+    assert status.code == 0, status.err
+    assert json.loads(status.out)["Running"] is False
+    assert "WARNING: removed the stale state file" in status.err, status.err
+    assert not state_file.exists()
+
+    damage(state_file, how, foreign)
+    stopped = cms("db", "stop")
+    assert stopped.code == 0, stopped.err
+    assert "database was not running" in stopped.out
+    assert "WARNING: removed the stale state file" in stopped.err
+    # the foreign process is checked alive by the fixture
+
+
+def test_db_start_over_a_foreign_pid_starts_our_own_server(tmp_path, monkeypatch, cms, foreign):
+    folder = tmp_path / "config"
+    write_config(folder, {"MODE": "embedded"}, "test_start")
+    monkeypatch.setenv("CLOUDMESH_CONFIG_DIR", str(folder))
+    server = EmbeddedServer(folder / "emr" / "db")
+    server.folder.mkdir(parents=True)
+    damage(server.state_file, "foreign-pid", foreign)
+    started = cms("db", "start")
+    pid = json.loads(server.state_file.read_text())["pid"]
+    try:
+        assert started.code == 0, started.err
+        assert "database started" in started.out and pid != foreign.pid
+        assert "WARNING: removed the stale state file" in started.err
+    finally:
+        server.stop(wait=3)
+    assert gone(pid)
+
+
+# ---- the emulator daemon --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory, mongo_server):
+    """A config folder whose emulator daemon runs (module-wide); results go to the
+    session's database."""
+    folder = tmp_path_factory.mktemp("emulated")
+    write_config(folder, {"MODE": "native", "MONGO_HOST": mongo_server["host"],
+                          "MONGO_PORT": mongo_server["port"]}, f"test_{uuid.uuid4().hex[:12]}")
+    state = folder / "emr" / "local"
+    info = control.start(delay=0.2, state=state)
+    yield folder, state, info
+    if not gone(info["Pid"]):
+        control.stop(force=True, state=state)
+
+
+@pytest.fixture
+def in_daemon(daemon, monkeypatch):
+    monkeypatch.setenv("CLOUDMESH_CONFIG_DIR", str(daemon[0]))
+    control.take_warnings()
+    return daemon
+
+
+@pytest.mark.parametrize("how", ["deleted", "truncated", "garbage", "null-pid", "stale-pid",
+                                 "foreign-pid", "pid-minus-1"])
+def test_local_status_and_cloud_local_while_daemon_json_is_damaged(in_daemon, cms, how,
+                                                                   foreign):
+    folder, state, info = in_daemon
+    damage(state / "daemon.json", how, foreign)
+    status = cms("local", "status", "--format=json")
+    assert status.code == 0, status.err
+    found = json.loads(status.out)
+    assert found["Running"] is True and found["Pid"] == info["Pid"]
+    assert found["Endpoint"] == info["Endpoint"]
+    assert WARNING.search(status.err), status.err
+    rebuilt = json.loads((state / "daemon.json").read_text())
+    assert rebuilt["pid"] == info["Pid"] and rebuilt["endpoint"] == info["Endpoint"]
+
+    damage(state / "daemon.json", how, foreign)
+    listed = cms("list", "clusters", "--cloud=local", "--format=json")
+    assert listed.code == 0, listed.err
+    assert json.loads(listed.out) == [] or isinstance(json.loads(listed.out), list)
+    assert WARNING.search(listed.err), listed.err
+    again = cms("local", "start")
+    assert again.code == 0 and "already running" in again.out
+    assert f"(pid {info['Pid']})" in again.out
+
+
+def test_local_stop_finds_the_daemon_without_daemon_json(in_daemon, cms, foreign):
+    folder, state, info = in_daemon
+    damage(state / "daemon.json", "foreign-pid", foreign)
+    stopped = cms("local", "stop", "--force")
+    assert stopped.code == 0, stopped.err
+    assert f"local EMR emulator stopped (pid {info['Pid']})" in stopped.out
+    assert WARNING.search(stopped.err), stopped.err
+    assert gone(info["Pid"]) and not (state / "daemon.json").exists()
+    status = cms("local", "status", "--format=json")
+    assert json.loads(status.out)["Running"] is False
+
+
+@pytest.mark.parametrize("how", ["garbage", "stale-pid", "foreign-pid", "pid-0", "pid-minus-1"])
+def test_local_with_no_daemon_removes_a_stale_daemon_json(tmp_path, monkeypatch, cms, how,
+                                                          foreign):
+    monkeypatch.setenv("CLOUDMESH_CONFIG_DIR", str(tmp_path))
+    state = tmp_path / "emr" / "local"
+    state.mkdir(parents=True)
+    control.take_warnings()
+    damage(state / "daemon.json", how, foreign)
+    status = cms("local", "status", "--format=json")
+    assert status.code == 0, status.err
+    assert json.loads(status.out)["Running"] is False
+    assert "WARNING: removed the stale state file" in status.err, status.err
+    damage(state / "daemon.json", how, foreign)
+    stopped = cms("local", "stop", "--force")
+    assert stopped.code == 0 and "was not running" in stopped.out
+    listed = cms("list", "clusters", "--cloud=local")
+    assert listed.code == 1 and "cms emr local start" in listed.err
