@@ -22,6 +22,8 @@ from cloudmesh.emr.database import EmbeddedServer
 from cloudmesh.emr.local import control
 from emr_helpers import lean_moto, run_job_flow  # noqa: F401  lean_moto: autouse
 
+# damages under which a command through the Provider (list clusters) is run as well
+AWS_TOO = ("deleted", "garbage", "foreign-pid", "pid-0")
 WARNING = re.compile(r"^WARNING: .*state file", re.MULTILINE)
 
 
@@ -178,6 +180,15 @@ def test_db_commands_work_while_the_state_file_is_damaged(in_embedded, cms, how,
     assert json.loads(server.state_file.read_text())["pid"] == state["pid"]
 
     damage(server.state_file, how, foreign)
+    again = cms("db", "start")
+    assert again.code == 0, again.err
+    assert f"already running at 127.0.0.1:{state['port']} (pid {state['pid']})" in again.out
+    assert server.log.read_text().startswith(log_before)  # the running server's log kept
+    assert [p.pid for p in server._server.find()] == [state["pid"]]  # one server, ours
+
+    if how not in AWS_TOO:
+        return
+    damage(server.state_file, how, foreign)
     with mock_aws():
         cid = run_job_flow(boto3.client("emr", region_name="us-east-1"), f"damaged-{how}")
         listed = cms("list", "clusters", "--format=json")
@@ -191,12 +202,6 @@ def test_db_commands_work_while_the_state_file_is_damaged(in_embedded, cms, how,
     finally:
         client.close()
 
-    damage(server.state_file, how, foreign)
-    again = cms("db", "start")
-    assert again.code == 0, again.err
-    assert f"already running at 127.0.0.1:{state['port']} (pid {state['pid']})" in again.out
-    assert server.log.read_text().startswith(log_before)  # the running server's log kept
-    assert [p.pid for p in server._server.find()] == [state["pid"]]  # one server, ours
 
 
 def test_db_stop_never_signals_another_folders_server(in_embedded, cms, mongo_server):
@@ -316,7 +321,7 @@ def test_local_status_and_cloud_local_while_daemon_json_is_damaged(in_daemon, cm
     damage(state / "daemon.json", how, foreign)
     listed = cms("list", "clusters", "--cloud=local", "--format=json")
     assert listed.code == 0, listed.err
-    assert json.loads(listed.out) == [] or isinstance(json.loads(listed.out), list)
+    assert isinstance(json.loads(listed.out), list)
     assert WARNING.search(listed.err), listed.err
     again = cms("local", "start")
     assert again.code == 0 and "already running" in again.out
