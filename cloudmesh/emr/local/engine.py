@@ -50,15 +50,15 @@ PENDING, CANCEL_PENDING, COMPLETED, CANCELLED, FAILED = (
 STEP_ACTIVE = (PENDING, RUNNING, CANCEL_PENDING)
 STEP_ENDED = (COMPLETED, CANCELLED, FAILED, "INTERRUPTED")
 
-# cluster state -> (instance group state, instance state)
+# cluster state -> (instance group state, instance fleet state, instance state)
 MEMBER_STATES = {
-    STARTING: ("PROVISIONING", "PROVISIONING"),
-    BOOTSTRAPPING: ("BOOTSTRAPPING", "BOOTSTRAPPING"),
-    RUNNING: ("RUNNING", "RUNNING"),
-    WAITING: ("RUNNING", "RUNNING"),
-    TERMINATING: ("TERMINATING", "RUNNING"),
-    TERMINATED: ("ENDED", "TERMINATED"),
-    TERMINATED_WITH_ERRORS: ("ENDED", "TERMINATED"),
+    STARTING: ("PROVISIONING", "PROVISIONING", "PROVISIONING"),
+    BOOTSTRAPPING: ("BOOTSTRAPPING", "BOOTSTRAPPING", "BOOTSTRAPPING"),
+    RUNNING: ("RUNNING", "RUNNING", "RUNNING"),
+    WAITING: ("RUNNING", "RUNNING", "RUNNING"),
+    TERMINATING: ("TERMINATING", "TERMINATING", "RUNNING"),
+    TERMINATED: ("ENDED", "TERMINATED", "TERMINATED"),
+    TERMINATED_WITH_ERRORS: ("ENDED", "TERMINATED", "TERMINATED"),
 }
 
 # the reasons EMR gives (StateChangeReason Code and Message)
@@ -188,9 +188,7 @@ class Engine:
         if state == STARTING and elapsed >= self.delay:
             self.enter(cluster, BOOTSTRAPPING, (None, BOOTSTRAP_MESSAGE))
         elif state == BOOTSTRAPPING and elapsed >= self.delay:
-            cluster.ready_datetime = utcnow()
-            self.enter(cluster, RUNNING)
-            self.schedule(cluster, 0.0)
+            self.ready(cluster)
         elif state in (RUNNING, WAITING):
             self.schedule(cluster, elapsed)
         elif state == TERMINATING and elapsed >= self.delay:
@@ -199,6 +197,18 @@ class Engine:
         self.sync_members(cluster)
         self.count_hours(cluster)
 
+    def ready(self, cluster):
+        """Bootstrapping done: RUNNING when steps wait, else WAITING (or shut down when
+        KeepJobFlowAliveWhenNoSteps is false), as EMR goes."""
+        cluster.ready_datetime = utcnow()
+        if any(step.state == PENDING for step in cluster.steps):
+            self.enter(cluster, RUNNING, (None, RUNNING_STEP_MESSAGE))
+            self.schedule(cluster, 0.0)
+        elif cluster.keep_job_flow_alive_when_no_steps:
+            self.enter(cluster, WAITING, (None, READY_MESSAGE))
+        else:
+            self.begin_termination(cluster, STEPS_DONE)
+
     def schedule(self, cluster, elapsed):
         """Start what may start; RUNNING while steps run; WAITING or shut down when idle."""
         level = max(1, int(cluster.step_concurrency_level or 1))
@@ -206,6 +216,9 @@ class Engine:
         for step in [s for s in cluster.steps if s.state == PENDING]:
             if len(running) >= level:
                 break
+            if not getattr(step, "local_noticed", False):
+                step.local_noticed = True  # a new step is PENDING until the next pass
+                continue
             self.start_step(cluster, step)
             running.append(step)
         if running:
@@ -262,14 +275,32 @@ class Engine:
 
     def sync_members(self, cluster):
         """Instance groups and instances take the state and times of their cluster."""
-        group_state, instance_state = MEMBER_STATES.get(cluster.state, MEMBER_STATES[STARTING])
-        for group in cluster.instance_groups:
-            group.state = group_state
-            group.instance_state = instance_state
-            group.ready_date_time = cluster.ready_datetime
-            group.end_date_time = cluster.end_datetime if cluster.state in ENDED else None
-            group.state_change_reason = (
-                "Instance group terminated with its cluster" if cluster.state in ENDED else None
+        group_state, fleet_state, instance_state = MEMBER_STATES.get(
+            cluster.state, MEMBER_STATES[STARTING])
+        ended = cluster.state in ENDED
+        fleets = getattr(cluster, "instance_fleets", [])
+        for member, state in [(g, group_state) for g in cluster.instance_groups] + [
+                (f, fleet_state) for f in fleets]:
+            if member.state == "RESIZING" and not ended and cluster.state != TERMINATING:
+                # a resize: RESIZING for one delay, then instances come or go
+                since = getattr(member, "local_resize_since", None)
+                if since is None:
+                    member.local_resize_since = time.monotonic()
+                    continue
+                if time.monotonic() - since < self.delay:
+                    continue
+                member.local_resize_since = None
+                log.info("cluster %s: %s resized to %s instance(s)", cluster.id, member.id,
+                         member.num_instances)
+                cluster.emr_backend.reconcile(cluster, member)
+            member.state = state
+            member.instance_state = instance_state
+            if member.ready_date_time is None or not cluster.ready_datetime:
+                member.ready_date_time = cluster.ready_datetime
+            member.end_date_time = cluster.end_datetime if ended else None
+            member.state_change_reason = (
+                f"Instance {'fleet' if member in fleets else 'group'} terminated with its cluster"
+                if ended else None
             )
 
     def count_hours(self, cluster):
@@ -278,9 +309,10 @@ class Engine:
             return
         end = cluster.end_datetime or utcnow()
         hours = max(1, math.ceil((end - cluster.ready_datetime).total_seconds() / 3600))
+        members = cluster.members() if hasattr(cluster, "members") else cluster.instance_groups
         factor = sum(
-            normalization_factor(group.instance_type) * int(group.num_instances or 0)
-            for group in cluster.instance_groups
+            normalization_factor(member.instance_type) * int(member.num_instances or 0)
+            for member in members
         )
         cluster.normalized_instance_hours = int(math.ceil(hours * factor))
 

@@ -19,11 +19,13 @@ Only the daemon imports this module.
 
 import contextlib
 import importlib.metadata
+import math
 
 from moto.core.base_backend import BackendDict
 from moto.core.utils import utcnow
 from moto.emr import models as moto_models
 from moto.emr.exceptions import InvalidCluster, InvalidRequestException, ValidationException
+from moto.emr.utils import random_id
 
 from cloudmesh.emr.local import releases
 
@@ -87,7 +89,9 @@ class EmulatedGroup(moto_models.InstanceGroup):
     """An instance group as EMR keeps it."""
 
     def __init__(self, *args, **kwargs):
-        """EMR rule: a new group is PROVISIONING, not ready (moto: RUNNING and ready)."""
+        """EMR rules: a group id is ig-XXXX (moto: i-XXXX, an EC2 instance's prefix); a new
+        group is PROVISIONING, not ready (moto: RUNNING and ready)."""
+        kwargs.setdefault("instance_group_id", f"ig-{random_id()}")
         super().__init__(*args, **kwargs)
         self.state = "PROVISIONING"
         self.instance_state = "PROVISIONING"
@@ -113,20 +117,33 @@ class EmulatedGroup(moto_models.InstanceGroup):
 class EmulatedInstance(moto_models.Instance):
     """An EMR instance: an EC2 instance of the cluster, described as EMR does."""
 
-    def __init__(self, ec2_instance, instance_group, **kwargs):
-        """EMR rule: an instance keeps its DNS names and addresses after it ended.
+    def __init__(self, ec2_instance, instance_group, fleet=None):
+        """EMR rules: an instance id is ci-XXXX; an instance belongs to a group or a
+        fleet; it keeps its DNS names and addresses after it ended.
 
         moto reads them from the EC2 instance, which loses its public name once
         terminated, and then its serializer drops MasterPublicDnsName and the
         required Instances of DescribeJobFlows. They are kept from the start.
         """
-        super().__init__(ec2_instance, instance_group, **kwargs)
+        super().__init__(ec2_instance, instance_group or fleet,
+                         instance_fleet_id=fleet.id if fleet else None,
+                         instance_id=f"ci-{random_id()}")
+        self.fleet = fleet
+        self.ended = None  # when the instance alone ended (a fleet shrank)
         self.kept = {
             "public_dns_name": ec2_instance.public_dns_name,
             "public_ip_address": ec2_instance.public_ip,
             "private_ip_address": ec2_instance.private_ip,
             "private_dns_name": ec2_instance.private_dns_name,
         }
+
+    @property
+    def instance_group_id(self):
+        return None if self.fleet else self.instance_group.id
+
+    @property
+    def market(self):
+        return self.fleet.market if self.fleet else self.instance_group.market
 
     @property
     def public_dns_name(self):
@@ -146,11 +163,16 @@ class EmulatedInstance(moto_models.Instance):
 
     @property
     def status(self):
-        """EMR rule: an instance has its own state words (moto gives it its group's)."""
+        """EMR rule: an instance has its own state words (moto gives it its group's);
+        one that ended alone (its fleet shrank) is TERMINATED with its own end time."""
         group = self.instance_group
         state = getattr(group, "instance_state", "PROVISIONING")
+        end = group.end_date_time
         reason = {}
-        if state == "TERMINATED":
+        if self.ended is not None:
+            state, end = "TERMINATED", self.ended
+            reason = {"Code": "INSTANCE_FAILURE", "Message": "Instance was terminated by a resize"}
+        elif state == "TERMINATED":
             reason = {"Code": "CLUSTER_TERMINATED",
                       "Message": "Instance terminated with its cluster"}
         return {
@@ -159,9 +181,98 @@ class EmulatedInstance(moto_models.Instance):
             "Timeline": {
                 "CreationDateTime": group.creation_date_time,
                 "ReadyDateTime": group.ready_date_time,
-                "EndDateTime": group.end_date_time,
+                "EndDateTime": end,
             },
         }
+
+
+FLEET_ROLES = ("MASTER", "CORE", "TASK")
+
+
+class EmulatedFleet:
+    """An instance fleet (moto has none): its target and provisioned capacities, the
+    instance types it may use, and the state its instances share."""
+
+    def __init__(self, cluster_id, spec):
+        self.id = f"if-{random_id()}"
+        self.cluster_id = cluster_id
+        self.instance_fleet_type = spec.get("InstanceFleetType")
+        if self.instance_fleet_type not in FLEET_ROLES:
+            raise ValidationException(
+                f"InstanceFleetType must be one of {', '.join(FLEET_ROLES)}, "
+                f"not {self.instance_fleet_type}")
+        self.role = self.instance_fleet_type
+        self.name = spec.get("Name") or f"{self.role.title()} fleet"
+        configs = spec.get("InstanceTypeConfigs") or []
+        if not configs:
+            raise ValidationException("An instance fleet needs at least one InstanceTypeConfig.")
+        self.instance_type_specifications = [
+            {
+                "InstanceType": config.get("InstanceType"),
+                "WeightedCapacity": int(config.get("WeightedCapacity") or 1),
+                **({"BidPrice": config["BidPrice"]} if config.get("BidPrice") else {}),
+                **({"BidPriceAsPercentageOfOnDemandPrice":
+                    config["BidPriceAsPercentageOfOnDemandPrice"]}
+                   if config.get("BidPriceAsPercentageOfOnDemandPrice") else {}),
+            }
+            for config in configs
+        ]
+        self.target_on_demand_capacity = int(spec.get("TargetOnDemandCapacity") or 0)
+        self.target_spot_capacity = int(spec.get("TargetSpotCapacity") or 0)
+        if self.role == "MASTER" and self.target_on_demand_capacity + self.target_spot_capacity not in (1, 3):
+            raise ValidationException("The master instance fleet must have a target capacity of 1 "
+                                      "(or 3 for high availability).")
+        self.launch_specifications = spec.get("LaunchSpecifications")
+        self.provisioned_on_demand_capacity = 0
+        self.provisioned_spot_capacity = 0
+        self.creation_date_time = utcnow()
+        self.ready_date_time = None
+        self.end_date_time = None
+        self.state = "PROVISIONING"
+        self.instance_state = "PROVISIONING"
+        self.state_change_reason = None
+
+    @property
+    def market(self):
+        return "SPOT" if self.target_spot_capacity and not self.target_on_demand_capacity \
+            else "ON_DEMAND"
+
+    @property
+    def instance_type(self):
+        """The type the emulator launches: the first of the fleet's InstanceTypeConfigs."""
+        return self.instance_type_specifications[0]["InstanceType"]
+
+    @property
+    def weight(self):
+        return max(1, self.instance_type_specifications[0]["WeightedCapacity"])
+
+    @property
+    def num_instances(self):
+        """Instances that meet the target capacity, each counting its WeightedCapacity."""
+        target = self.target_on_demand_capacity + self.target_spot_capacity
+        return math.ceil(target / self.weight)
+
+    @property
+    def status(self):
+        """EMR rule: a fleet's reason is CLUSTER_TERMINATED once its cluster ended."""
+        message = self.state_change_reason
+        return {
+            "State": self.state,
+            "StateChangeReason": {"Code": "CLUSTER_TERMINATED", "Message": message}
+            if message else {},
+            "Timeline": {
+                "CreationDateTime": self.creation_date_time,
+                "ReadyDateTime": self.ready_date_time,
+                "EndDateTime": self.end_date_time,
+            },
+        }
+
+    def provisioned(self, instances):
+        """Provisioned capacities from the fleet's live instances, split by market."""
+        live = sum(self.weight for i in instances if i.fleet is self and i.ended is None)
+        spot = self.market == "SPOT"
+        self.provisioned_spot_capacity = live if spot else 0
+        self.provisioned_on_demand_capacity = 0 if spot else live
 
 
 class EmulatedCluster(moto_models.Cluster):
@@ -170,6 +281,7 @@ class EmulatedCluster(moto_models.Cluster):
     def __init__(self, emr_backend, **kwargs):
         super().__init__(emr_backend, **kwargs)
         self.instance_collection_type = "INSTANCE_GROUP"
+        self.instance_fleets = []
         self.policies = {}  # "AutoTerminationPolicy", "ManagedScalingPolicy": as put
         self.requested_subnet_ids = [self.ec2_subnet_id] if self.ec2_subnet_id else []
         self.place()
@@ -205,18 +317,47 @@ class EmulatedCluster(moto_models.Cluster):
         attributes.requested_ec2_subnet_ids = self.requested_subnet_ids
         return attributes
 
+    def members(self):
+        """The cluster's instance groups and instance fleets."""
+        return list(self.instance_groups) + list(self.instance_fleets)
+
+    def member(self, role):
+        """The group or fleet of ``role`` (MASTER, CORE), or None."""
+        for owner in self.members():
+            if owner.role == role:
+                return owner
+        return None
+
+    @property
+    def master_public_dns_name(self):
+        """EMR rule: the master node's public DNS name, also once the cluster ended.
+
+        moto reads it from its EC2 instance, which loses it when terminated (and then
+        invents one in us-west-1 for clusters without instance groups).
+        """
+        master = self.member("MASTER")
+        for instance in self.ec2_instances:
+            if master is not None and instance.instance_group is master and instance.public_dns_name:
+                return instance.public_dns_name
+        return None
+
+    @property
+    def instance_count(self):
+        """EMR rule: InstanceCount counts the instances of groups and fleets alike."""
+        return sum(int(owner.num_instances or 0) for owner in self.members())
+
     @property
     def master_instance_type(self):
         """EMR rule: JobFlowInstancesDetail always has MasterInstanceType (moto: KeyError)."""
-        group = self.emr_backend.instance_groups.get(self.master_instance_group_id)
-        return group.instance_type if group else None
+        master = self.member("MASTER")
+        return master.instance_type if master else None
 
     @property
     def slave_instance_type(self):
         """EMR rule: SlaveInstanceType is the core type, or the master's on a one-node
         cluster (moto: KeyError, an HTTP 500)."""
-        group = self.emr_backend.instance_groups.get(self.core_instance_group_id)
-        return group.instance_type if group else self.master_instance_type
+        core = self.member("CORE")
+        return core.instance_type if core else self.master_instance_type
 
     def set_release_details(self):
         """EMR rule: a cluster reports its release's OS release and Hadoop version.
@@ -375,13 +516,121 @@ class EmulatorBackend(moto_models.ElasticMapReduceBackend):
 
     def run_instances(self, cluster_id, instances, instance_group):
         """The EC2 instances of a group, as EMR instances that keep their names."""
-        cluster = self.clusters[cluster_id]
-        instances["is_instance_type_default"] = not instances.get("instance_type")
+        self.launch(self.clusters[cluster_id], instance_group, int(instances["instance_count"]))
+
+    def launch(self, cluster, owner, count):
+        """EMR rule: a group or fleet has its instances, EC2 instances of the cluster's
+        subnet, each an EMR instance that keeps its names (see EmulatedInstance)."""
+        if count <= 0:
+            return []
+        fleet = owner if isinstance(owner, EmulatedFleet) else None
         response = self.ec2_backend.run_instances(
-            moto_models.EXAMPLE_AMI_ID, instances["instance_count"], None, [], **instances
+            moto_models.EXAMPLE_AMI_ID, count, None, [],
+            instance_type=owner.instance_type, is_instance_type_default=False,
+            associate_public_ip=True, placement=cluster.availability_zone,
+            **({"subnet_id": cluster.ec2_subnet_id} if cluster.ec2_subnet_id else {}),
         )
+        added = []
         for ec2_instance in response.instances:
-            cluster.add_instance(EmulatedInstance(ec2_instance, instance_group))
+            instance = EmulatedInstance(ec2_instance, None if fleet else owner, fleet=fleet)
+            cluster.add_instance(instance)
+            added.append(instance)
+        if fleet:
+            fleet.provisioned(cluster.ec2_instances)
+        return added
+
+    def launch_missing(self, cluster):
+        """EMR rule: every group has instances, also a cluster described by
+        MasterInstanceType/SlaveInstanceType/InstanceCount (moto launches none then)."""
+        for group in cluster.instance_groups:
+            if not any(i.instance_group is group for i in cluster.ec2_instances):
+                self.launch(cluster, group, int(group.num_instances or 0))
+
+    def reconcile(self, cluster, owner):
+        """EMR rule: a resized fleet gets or ends instances until it meets its target."""
+        live = [i for i in cluster.ec2_instances if i.instance_group is owner and i.ended is None]
+        wanted = int(owner.num_instances or 0)
+        if len(live) < wanted:
+            self.launch(cluster, owner, wanted - len(live))
+        for instance in live[wanted:]:
+            instance.ended = utcnow()
+            try:
+                self.ec2_backend.terminate_instances([instance.ec2_instance_id])
+            except Exception:  # EMR's view is right already
+                pass
+        if isinstance(owner, EmulatedFleet):
+            owner.provisioned(cluster.ec2_instances)
+
+    # ---- instance fleets (moto has none) -------------------------------------------------
+
+    def add_instance_fleet(self, cluster_id, spec, launch=True):
+        """AddInstanceFleet / RunJobFlow's InstanceFleets: EMR rules.
+
+        A cluster has instance groups or instance fleets, never both; one fleet per
+        type; no fleet is added to a cluster that is shutting down or ended.
+        """
+        with self.lock:
+            cluster = self.clusters[cluster_id]
+            if cluster.state in ENDED_STATES:
+                raise ValidationException(NOT_MODIFIABLE)
+            if cluster.instance_groups:
+                raise ValidationException(
+                    "Instance fleets and instance groups are mutually exclusive. The EMR "
+                    "cluster specified in the request uses instance groups.")
+            fleet = EmulatedFleet(cluster_id, spec)
+            if cluster.member(fleet.role) is not None:
+                raise ValidationException(
+                    f"The cluster already has an instance fleet of type {fleet.role}.")
+            cluster.instance_fleets.append(fleet)
+            cluster.instance_collection_type = "INSTANCE_FLEET"
+            if launch:
+                self.launch(cluster, fleet, fleet.num_instances)
+            if cluster.ready_datetime is not None and cluster.state not in ENDED_STATES:
+                fleet.state = fleet.instance_state = "RUNNING"
+                fleet.ready_date_time = utcnow()
+            return fleet
+
+    def list_instance_fleets(self, cluster_id):
+        """ListInstanceFleets (moto lacks it): the cluster's fleets, oldest first."""
+        return list(self.clusters[cluster_id].instance_fleets)
+
+    def modify_instance_fleet(self, cluster_id, spec):
+        """ModifyInstanceFleet (moto lacks it): EMR rules.
+
+        The fleet takes its new target capacities and is RESIZING until the engine has
+        added or ended instances to meet them; a master fleet cannot be resized; an
+        ended cluster cannot be modified.
+        """
+        with self.lock:
+            cluster = self.clusters[cluster_id]
+            if cluster.state in ENDED_STATES:
+                raise ValidationException(NOT_MODIFIABLE)
+            fleet_id = spec.get("InstanceFleetId")
+            fleet = next((f for f in cluster.instance_fleets if f.id == fleet_id), None)
+            if fleet is None:
+                raise InvalidRequestException(f"Instance fleet id '{fleet_id}' is not valid.")
+            if fleet.role == "MASTER":
+                raise ValidationException("The master instance fleet cannot be resized.")
+            for key, attribute in (("TargetOnDemandCapacity", "target_on_demand_capacity"),
+                                   ("TargetSpotCapacity", "target_spot_capacity")):
+                if spec.get(key) is not None:
+                    setattr(fleet, attribute, int(spec.get(key)))
+            fleet.state = "RESIZING"
+            return fleet
+
+    def list_instances(self, cluster_id, instance_group_id=None, instance_group_types=None,
+                       instance_fleet_id=None, instance_fleet_type=None):
+        """ListInstances with EMR's fleet filters (InstanceFleetId, InstanceFleetType)."""
+        found = sorted(self.clusters[cluster_id].ec2_instances, key=lambda i: i.id)
+        if instance_group_id:
+            found = [i for i in found if i.instance_group_id == instance_group_id]
+        if instance_group_types:
+            found = [i for i in found if not i.fleet and i.instance_group.role in instance_group_types]
+        if instance_fleet_id:
+            found = [i for i in found if i.instance_fleet_id == instance_fleet_id]
+        if instance_fleet_type:
+            found = [i for i in found if i.fleet and i.fleet.role == instance_fleet_type]
+        return found
 
     def add_job_flow_steps(self, job_flow_id, steps):
         """AddJobFlowSteps under the engine's lock (see EmulatedCluster.add_steps)."""

@@ -8,6 +8,7 @@ EMR requests here.
 """
 
 from moto.core.responses import ActionResult, EmptyResult, PaginatedResult
+from moto.emr.exceptions import ValidationException
 from moto.emr.responses import ElasticMapReduceResponse
 from moto.emr.urls import url_bases  # noqa: F401  (the same hosts as moto's EMR)
 
@@ -30,12 +31,22 @@ class EmulatorResponse(ElasticMapReduceResponse):
         instances, which can take longer than a transition on first use); the engine
         restarts the cluster's clock now, so that a client always sees STARTING.
         """
+        fleets = self._get_param("Instances.InstanceFleets") or []
+        if fleets and self._get_param("Instances.InstanceGroups"):
+            raise ValidationException(
+                "Instance fleets and instance groups are mutually exclusive.")
+        roles = [model.EmulatedFleet(None, spec).role for spec in fleets]  # validates each
+        if len(set(roles)) != len(roles):
+            raise ValidationException("A cluster has at most one instance fleet of each type.")
         result = super().run_job_flow()
         backend = self.backend
         with backend.lock:
             cluster = backend.clusters.get(result.result.get("JobFlowId"))
             if cluster is None:
                 return result
+            for spec in fleets:
+                backend.add_instance_fleet(cluster.id, spec)
+            backend.launch_missing(cluster)
             if not self._get_param("Applications"):
                 self.default_applications(cluster)
             for kind in POLICIES:
@@ -105,16 +116,38 @@ class EmulatorResponse(ElasticMapReduceResponse):
         return EmptyResult()
 
     def list_instances(self):
-        """EMR rule: ListInstances honours its InstanceStates filter (moto ignores it)."""
+        """EMR rule: ListInstances honours its InstanceStates and fleet filters (moto
+        ignores them)."""
         instances = self.backend.list_instances(
             self._get_param("ClusterId"),
             instance_group_id=self._get_param("InstanceGroupId"),
             instance_group_types=self._get_param("InstanceGroupTypes"),
+            instance_fleet_id=self._get_param("InstanceFleetId"),
+            instance_fleet_type=self._get_param("InstanceFleetType"),
         )
         states = self._get_param("InstanceStates") or []
         if states:
             instances = [i for i in instances if i.status["State"] in states]
         return PaginatedResult({"Instances": instances})
+
+    def list_instance_fleets(self):
+        """ListInstanceFleets (moto lacks it)."""
+        fleets = self.backend.list_instance_fleets(self._get_param("ClusterId"))
+        return PaginatedResult({"InstanceFleets": fleets})
+
+    def add_instance_fleet(self):
+        """AddInstanceFleet (moto lacks it): the new fleet's id."""
+        cluster_id = self._get_param("ClusterId")
+        fleet = self.backend.add_instance_fleet(cluster_id, self._get_param("InstanceFleet"))
+        cluster = self.backend.describe_cluster(cluster_id)
+        return ActionResult({"ClusterId": cluster_id, "InstanceFleetId": fleet.id,
+                             "ClusterArn": cluster.arn})
+
+    def modify_instance_fleet(self):
+        """ModifyInstanceFleet (moto lacks it): the fleet resizes (see the model)."""
+        self.backend.modify_instance_fleet(self._get_param("ClusterId"),
+                                           self._get_param("InstanceFleet"))
+        return EmptyResult()
 
     def cancel_steps(self):
         """CancelSteps (moto lacks it): PENDING steps are cancelled, RUNNING ones stopped
