@@ -34,13 +34,21 @@ setup(
     ],
     extras_require={
         # the local EMR emulator: moto serves the EMR and S3 wire APIs, pyspark runs the steps
-        "local": ["moto[server]>=5.1", "pyspark>=3.5"],
+        # (moto pinned to the range the emulator's subclasses of its EMR are tested against;
+        # pyspark pinned to the Spark line of the default release, emr-7.x: 3.5, on the
+        # Pythons it runs on; on 3.12 it needs setuptools for distutils)
+        "local": [
+            "moto[server]>=5.2.5,<5.3",
+            "pyspark>=3.5,<3.6; python_version < '3.13'",
+            "setuptools>=68; python_version >= '3.12' and python_version < '3.13'",
+            "pyspark>=4.0,<5; python_version >= '3.13'",
+        ],
         # the REST service
         "server": ["connexion[flask,swagger-ui,uvicorn]>=3.1"],
         "test": [
             "pytest>=9",  # the built-in subtests fixture
             "pytest-timeout>=2.2",
-            "moto[server]>=5.1.18",  # moto.core.enable_iam_authentication
+            "moto[server]>=5.2.5,<5.3",  # moto.core.enable_iam_authentication; see "local"
             "connexion[flask,swagger-ui,uvicorn]>=3.1",
             "schemathesis>=3.30",
         ],

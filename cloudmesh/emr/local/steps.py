@@ -89,6 +89,9 @@ class Runner:
         self.region = region
         self._clients = {}
         self._lock = threading.Lock()
+        from cloudmesh.emr.local.pysparks import PysparkCache, java_major
+
+        self.pysparks = PysparkCache(Path(state_dir) / "pyspark", java_major)
         self.driver = Path(state_dir) / "bin" / "pyspark-driver"
         self.driver.parent.mkdir(parents=True, exist_ok=True)
         self.driver.write_text(DRIVER_WRAPPER)
@@ -246,6 +249,7 @@ class StepRun:
         self.jar = step.jar or ""
         self.args = [str(arg) for arg in (step.args or [])]
         self.log_uri = cluster.log_uri
+        self.release = cluster.release_label
         self.done = done
         self.cancelled = False
         self._kill = None
@@ -372,10 +376,32 @@ class StepRun:
 
     # ---- spark-submit ---------------------------------------------------------------
 
+    def _pyspark(self):
+        """The pyspark of the cluster's release (see pysparks.py): (program, home, python)."""
+        from cloudmesh.emr.local import releases
+        from cloudmesh.emr.local.pysparks import SPARK_RUNS_ON, line_of
+
+        if os.environ.get(SPARK_SUBMIT_ENV):
+            program, home = spark_submit()
+            return program, home, None, 0  # another spark-submit: its Java is its own
+        choice = self.runner.pysparks.choose(releases.spark_line(self.release), self.release)
+        if choice.warning:
+            print(choice.warning, file=self.err, flush=True)
+            self.note(choice.warning)
+        if choice.note:
+            self.note(choice.note)
+        if not choice.program:
+            program, home = spark_submit()
+            return program, home, None, None
+        needed = SPARK_RUNS_ON.get(line_of(choice.version), (None,))[0]
+        return choice.program, choice.home, choice.python, needed
+
     def _spark(self, args):
-        program, spark_home = spark_submit()
+        program, spark_home, python, needed = self._pyspark()
         env = dict(os.environ)
-        java(env, None if spark_home else 0)  # another spark-submit: its Java is its own
+        java(env, needed)
+        if python:
+            env["PYSPARK_PYTHON"] = python
         plan = spark_plan(args, self.workdir / "s3", self.master)
         s3 = self.runner.s3(self.account)
         for ref in plan.refs:
