@@ -23,7 +23,7 @@ def runs_daemon(cmdline):
     """Whether a command line runs the emulator's daemon (``python -m MODULE ...``)."""
     return any(
         word == "-m" and index + 1 < len(cmdline) and cmdline[index + 1] == DAEMON_MODULE
-        for index, word in enumerate(cmdline[:4])
+        for index, word in enumerate(cmdline)
     )
 
 
