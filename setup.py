@@ -25,7 +25,7 @@ setup(
         # the start lock of the embedded database and the emulator (portable, no fcntl code)
         "filelock>=3.12",
         # which process a pid is (program, folder, owner, sockets) before it is signalled
-        "psutil>=5.9",
+        "psutil>=6.0",  # Process.net_connections
         "PyYAML>=6.0",
         "pymongo>=4.6",
         "SecantusDB>=0.7.0b3",
