@@ -216,24 +216,35 @@ def test_db_stop_never_signals_another_folders_server(in_embedded, cms, mongo_se
 
 
 @pytest.mark.parametrize("how", ["deleted", "foreign-pid"])
-def test_db_stop_finds_a_server_whose_state_file_is_lost(tmp_path, monkeypatch, cms, how,
-                                                         foreign):
+def test_db_start_over_a_stale_file_then_stop_without_the_state_file(
+        tmp_path, monkeypatch, cms, how, foreign):
+    """db start removes a stale server.json and starts our own server; with its state
+    file lost afterwards, db stop still finds and stops it, and only it."""
     folder = tmp_path / "config"
     write_config(folder, {"MODE": "embedded"}, "test_stop")
     monkeypatch.setenv("CLOUDMESH_CONFIG_DIR", str(folder))
     server = EmbeddedServer(folder / "emr" / "db")
-    state, _ = server.start()
+    server.folder.mkdir(parents=True)
+    damage(server.state_file, "foreign-pid", foreign)
+    started = cms("db", "start")
+    pid = json.loads(server.state_file.read_text())["pid"]
     try:
+        assert started.code == 0, started.err
+        assert "database started at 127.0.0.1:" in started.out and f"(pid {pid})" in started.out
+        assert pid != foreign.pid and not gone(pid)
+        assert "WARNING: removed the stale state file" in started.err
+
         damage(server.state_file, how, foreign)
         stopped = cms("db", "stop")
         assert stopped.code == 0, stopped.err
-        assert f"database stopped (pid {state['pid']})" in stopped.out
-        assert gone(state["pid"]) and not server.state_file.exists()
+        assert f"database stopped (pid {pid})" in stopped.out
+        assert WARNING.search(stopped.err), stopped.err
+        assert gone(pid) and not server.state_file.exists()
         assert json.loads(cms("db", "status", "--format=json").out)["Running"] is False
         assert "was not running" in cms("db", "stop").out
     finally:
-        if not gone(state["pid"]):
-            os.kill(state["pid"], signal.SIGKILL)
+        if not gone(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("how", ["truncated", "garbage", "null-pid", "stale-pid", "foreign-pid",
@@ -259,24 +270,6 @@ def test_db_with_no_server_removes_a_stale_state_file_and_signals_nothing(
     assert "database was not running" in stopped.out
     assert "WARNING: removed the stale state file" in stopped.err
     # the foreign process is checked alive by the fixture
-
-
-def test_db_start_over_a_foreign_pid_starts_our_own_server(tmp_path, monkeypatch, cms, foreign):
-    folder = tmp_path / "config"
-    write_config(folder, {"MODE": "embedded"}, "test_start")
-    monkeypatch.setenv("CLOUDMESH_CONFIG_DIR", str(folder))
-    server = EmbeddedServer(folder / "emr" / "db")
-    server.folder.mkdir(parents=True)
-    damage(server.state_file, "foreign-pid", foreign)
-    started = cms("db", "start")
-    pid = json.loads(server.state_file.read_text())["pid"]
-    try:
-        assert started.code == 0, started.err
-        assert "database started" in started.out and pid != foreign.pid
-        assert "WARNING: removed the stale state file" in started.err
-    finally:
-        server.stop(wait=3)
-    assert gone(pid)
 
 
 # ---- the emulator daemon --------------------------------------------------------------------
