@@ -132,11 +132,42 @@ def test_unset_keys_fall_back_one_by_one(folder):
     assert mongo["MONGO_PORT"] == 27017
 
 
-def test_half_a_key_pair_is_left_to_boto3(folder):
-    write(folder, {"cloudmesh": {"cloud": {"aws": {"credentials": {"EC2_ACCESS_ID": "AKIDONLY",
+@pytest.mark.parametrize("given, missing", [("EC2_ACCESS_ID", "EC2_SECRET_KEY"),
+                                            ("EC2_SECRET_KEY", "EC2_ACCESS_ID")])
+def test_half_a_key_pair_is_refused_not_filled_from_another_account(folder, given, missing):
+    write(folder, {"cloudmesh": {"cloud": {"aws": {"credentials": {given: "ONLY",
                                                                    "region": "us-west-2"}}}}})
+    with pytest.raises(UsageError) as caught:
+        Settings.load().boto_options("aws")
+    assert caught.value.exit_code == 2
+    assert given in caught.value.message and missing in caught.value.message
+    assert "ONLY" not in caught.value.message  # a secret is never echoed
+
+
+@pytest.mark.parametrize("typo, meant", [("EC2_ACCES_ID", "EC2_ACCESS_ID"),
+                                         ("EC2_SECRET", "EC2_SECRET_KEY"),
+                                         ("Region", "region"),
+                                         ("endpont", "endpoint")])
+def test_a_misspelt_credentials_key_names_the_closest_one(folder, typo, meant):
+    write(folder, {"cloudmesh": {"cloud": {"aws": {"credentials": {
+        typo: "AKIDTYPO", "EC2_SECRET_KEY" if typo != "EC2_SECRET" else "EC2_ACCESS_ID": "x",
+        "region": "us-west-2"}}}}})
+    with pytest.raises(UsageError) as caught:
+        Settings.load().boto_options("aws")
+    message = caught.value.message
+    assert f"'{typo}'" in message and f"did you mean {meant}?" in message
+    for expected in ("EC2_ACCESS_ID", "EC2_SECRET_KEY", "region", "endpoint"):
+        assert expected in message
+    assert "AKIDTYPO" not in message
+
+
+def test_cloudmeshs_own_aws_profile_keys_are_accepted(folder):
+    write(folder, {"cloudmesh": {"cloud": {"aws": {"credentials": {
+        "EC2_ACCESS_ID": "AKID", "EC2_SECRET_KEY": "SECRET", "region": "us-west-2",
+        "EC2_SECURITY_GROUP": "group1", "EC2_PRIVATE_KEY_FILE_PATH": "~/.cloudmesh/aws.pem",
+        "EC2_PRIVATE_KEY_FILE_NAME": "aws"}}}}})
     session, _ = Settings.load().boto_options("aws")
-    assert session == {"region_name": "us-west-2"}
+    assert session["aws_access_key_id"] == "AKID" and session["region_name"] == "us-west-2"
 
 
 def test_the_local_cloud_has_stand_in_credentials(folder):

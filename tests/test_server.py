@@ -629,18 +629,25 @@ def test_no_credentials_is_502_saying_where_to_put_them(cm, monkeypatch):
     assert "no AWS credentials" in problem["detail"] and "EC2_ACCESS_ID" in problem["detail"]
 
 
-def test_database_unreachable_is_503_with_the_aws_result(cm, emr):
+def test_database_unreachable_answers_the_result_and_journals_it(cm, emr):
     from cloudmesh.emr.api.server import create_app
 
     cluster_id = run_job_flow(emr, "unrecorded")
     cm.write(mongo={"MONGO_PORT": free_port()})
     with create_app().test_client(base_url=BASE) as client:
-        listed = is_problem(client.get("/clusters"), 503)
-        started = is_problem(client.post("/clusters", json={"name": "started"}), 503)
-    assert listed["title"] == "Database unavailable" and "database" in listed["detail"]
-    assert [c["Id"] for c in listed["result"]] == [cluster_id]
-    new_id = started["result"]["ClusterId"]  # AWS started it: the answer says which
+        listed = client.get("/clusters")
+        started = client.post("/clusters", json={"name": "started"})
+    assert listed.status_code == 200 and listed.headers["Cloudmesh-Journaled"] == "1"
+    assert [c["Id"] for c in listed.json()] == [cluster_id]
+    assert started.status_code == 201 and started.headers["Cloudmesh-Journaled"] == "1"
+    new_id = started.json()["ClusterId"]  # AWS started it: the answer says which
     assert emr.describe_cluster(ClusterId=new_id)["Cluster"]["Name"] == "started"
+    cm.write()  # the database is back: the next answer writes what waited first
+    with create_app().test_client(base_url=BASE) as client:
+        again = client.get(f"/clusters/{cluster_id}")
+    assert again.status_code == 200 and "Cloudmesh-Journaled" not in again.headers
+    assert {d["Id"] for d in cm.docs("aws", "cluster")} == {cluster_id}
+    assert [d["Target"] for d in cm.docs("aws", "action")] == [new_id]
 
 
 def test_an_unexpected_failure_is_a_500_problem_without_internals(client, monkeypatch, caplog):

@@ -23,7 +23,7 @@ import os
 import re
 from pathlib import Path
 
-from cloudmesh.emr.errors import UsageError
+from cloudmesh.emr.errors import UsageError, shorten
 
 LOCAL = "local"
 
@@ -48,6 +48,13 @@ MONGO_DEFAULTS = {
     "MONGO_USERNAME": None,
     "MONGO_PASSWORD": None,
 }
+
+# the keys a cloud's credentials block may hold: ours, then those cloudmesh's own aws
+# profile carries (accepted so one cloudmesh.yaml serves both tools; unused here)
+CREDENTIAL_KEYS = ("EC2_ACCESS_ID", "EC2_SECRET_KEY", "region", "endpoint")
+CLOUDMESH_CREDENTIAL_KEYS = ("EC2_SECURITY_GROUP", "EC2_PRIVATE_KEY_FILE_PATH",
+                             "EC2_PRIVATE_KEY_FILE_NAME")
+KEY_PAIR = ("EC2_ACCESS_ID", "EC2_SECRET_KEY")
 
 # the emulator accepts any key; these only keep botocore from looking elsewhere
 LOCAL_CREDENTIALS = {"EC2_ACCESS_ID": "local", "EC2_SECRET_KEY": "local", "region": "us-east-1"}
@@ -83,7 +90,7 @@ def check_endpoint(cloud, url):
         ok = False
     if not ok:
         raise UsageError(
-            f"cloudmesh.cloud.{cloud}.credentials.endpoint '{url}' is not a URL "
+            f"cloudmesh.cloud.{cloud}.credentials.endpoint '{shorten(url)}' is not a URL "
             "like http://127.0.0.1:5000"
         )
     return url
@@ -146,7 +153,7 @@ class Settings:
         known = self.clouds()
         if name not in (EMR_DEFAULTS["cloud"], LOCAL, *known):
             raise UsageError(
-                f"{where}: '{name}' is not a cloud of {self.path}; use one of: "
+                f"{where}: '{shorten(name)}' is not a cloud of {self.path}; use one of: "
                 f"{', '.join(dict.fromkeys([EMR_DEFAULTS['cloud'], LOCAL, *known]))} "
                 f"(or add cloudmesh.cloud.{name}.credentials there)"
             )
@@ -159,9 +166,37 @@ class Settings:
         block = self.get("cloud", cloud, "credentials", default={})
         if not isinstance(block, dict):
             raise UsageError(f"cloudmesh.cloud.{cloud}.credentials in {self.path} is not a mapping")
+        self.check_credentials(cloud, block)
         if cloud == LOCAL:
             block = {**LOCAL_CREDENTIALS, **block}
         return block
+
+    def check_credentials(self, cloud, block):
+        """All or nothing: both keys of the pair or neither, and no key we do not know.
+
+        A misspelt key would otherwise leave the pair half set, and boto3's own chain would
+        quietly supply another account's keys.
+        """
+        where = f"cloudmesh.cloud.{cloud}.credentials"
+        known = CREDENTIAL_KEYS + CLOUDMESH_CREDENTIAL_KEYS
+        unknown = [str(key) for key in block if key not in known]
+        if unknown:
+            import difflib
+
+            key = unknown[0]
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise UsageError(
+                f"{where} in {self.path}: '{shorten(key, 60)}' is not a credentials key{hint} "
+                f"(expected: {', '.join(CREDENTIAL_KEYS)})"
+            )
+        given = [key for key in KEY_PAIR if block.get(key) not in (None, "")]
+        if len(given) == 1:
+            missing = next(key for key in KEY_PAIR if key not in given)
+            raise UsageError(
+                f"{where} in {self.path} sets {given[0]} but not {missing}: set both "
+                "(or neither, to use boto3's own credentials)"
+            )
 
     def boto_options(self, cloud):
         """Keyword arguments for ``boto3.session.Session`` and clients of cloud ``cloud``.
@@ -230,7 +265,7 @@ class Settings:
         try:
             delay = float(value)
         except (TypeError, ValueError):
-            raise UsageError(f"the emulator delay '{value}' is not a number of seconds") from None
+            raise UsageError(f"the emulator delay '{shorten(value)}' is not a number of seconds") from None
         if delay < 0:
-            raise UsageError(f"the emulator delay '{value}' must not be negative")
+            raise UsageError(f"the emulator delay '{shorten(value)}' must not be negative")
         return delay

@@ -21,9 +21,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cloudmesh.emr.config import Settings, state_dir
-from cloudmesh.emr.errors import DatabaseError
+from cloudmesh.emr.errors import DatabaseError, shorten
 
 KINDS = ("cluster", "instance", "step", "action")
+DUPLICATE_KEY = 11000
+INT64 = (-(2 ** 63), 2 ** 63 - 1)
 TIMEOUT_MS = 3000
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 CONFIGURED_TIMEOUTS = re.compile(r"\s*\(configured timeouts:[^)]*\)")  # pymongo's, not the user's
@@ -45,6 +47,72 @@ def _runs_secantus(cmdline):
     """Whether a command line runs SecantusDB's server (its console script, under any
     interpreter)."""
     return any(Path(word).name in ("secantusd-py", "secantusd-py.exe") for word in cmdline[:2])
+
+
+class Journaled(DatabaseError):
+    """The records could not be written, and wait in the journal: nothing is lost."""
+
+    def __init__(self, error, count, path):
+        super().__init__(
+            f"{error.message.split('; check')[0]}; {count} records are journaled in {path} "
+            "and will be written when the database is back (or now: 'cms emr db sync')")
+        self.count = count
+        self.cause = error
+        self.journal = path
+
+
+def _escape_text(text):
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _storable_key(key):
+    """A key BSON and MongoDB take as a field name, and whether it had to change."""
+    key = str(key)
+    fixed = _escape_text(key).replace("\0", "\\0")
+    if fixed.startswith("$"):
+        fixed = "\\u0024" + fixed[1:]
+    return fixed, fixed != key
+
+
+def storable(record):
+    """``record`` with what BSON cannot hold escaped, and the paths of what was.
+
+    AWS can hand back text that is not valid Unicode (a lone surrogate from a JSON
+    escape); BSON holds only UTF-8. Such text is kept with backslash escapes
+    (``caf\\udce9``); field names that MongoDB refuses (NUL, a leading $) are escaped
+    the same way; integers beyond 64 bits become their decimal text.
+    """
+    escaped = []
+
+    def walk(value, path):
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+                return value
+            except UnicodeEncodeError:
+                escaped.append(path)
+                return _escape_text(value)
+        if isinstance(value, bool) or value is None:
+            return value
+        if isinstance(value, int):
+            if INT64[0] <= value <= INT64[1]:
+                return value
+            escaped.append(path)
+            return str(value)
+        if isinstance(value, dict):
+            result = {}
+            for key, item in value.items():
+                name, changed = _storable_key(key)
+                where = f"{path}.{name}" if path else name
+                if changed:
+                    escaped.append(where)
+                result[name] = walk(item, where)
+            return result
+        if isinstance(value, (list, tuple)):
+            return [walk(item, f"{path}.{index}") for index, item in enumerate(value)]
+        return value
+
+    return walk(record, ""), escaped
 
 
 class EmbeddedServer:
@@ -261,18 +329,25 @@ class Database:
             self._where = f"{host}:{port}"
         return self._client
 
+    def _reason(self, error):
+        where = getattr(self, "_where", None) or (
+            f"{self.server.folder}" if self.server else "the configured server")
+        reason = CONFIGURED_TIMEOUTS.sub("", str(error)).split(",")[0].split("\n")[0]
+        return where, shorten(reason, 160)
+
     @contextmanager
     def _guard(self):
-        """pymongo's errors, and the embedded server's folder or process failing (OSError),
-        become one DatabaseError, so the caller can still show what AWS answered."""
+        """pymongo's errors (encoding ones included), and the embedded server's folder or
+        process failing (OSError), become one DatabaseError, so the caller can still show
+        what AWS answered."""
+        import bson.errors
         import pymongo.errors
 
         try:
             yield
-        except (pymongo.errors.PyMongoError, OSError) as error:
-            where = getattr(self, "_where", None) or (
-                f"{self.server.folder}" if self.server else "the configured server")
-            reason = CONFIGURED_TIMEOUTS.sub("", str(error)).split(",")[0].split("\n")[0]
+        except (pymongo.errors.PyMongoError, bson.errors.BSONError, UnicodeEncodeError,
+                OverflowError, OSError) as error:
+            where, reason = self._reason(error)
             raise DatabaseError(
                 f"cannot record results in the database at {where} ({reason}); "
                 "check 'cms emr db status' and cloudmesh.data.mongo in cloudmesh.yaml"
@@ -281,15 +356,80 @@ class Database:
     def collection(self, cloud, kind):
         return self.client()[self.name][collection_name(cloud, kind)]
 
+    @property
+    def journal(self):
+        if getattr(self, "_journal", None) is None:
+            from cloudmesh.emr.journal import Journal
+
+            self._journal = Journal()
+        return self._journal
+
     def record(self, cloud, kind, records, cluster=None):
-        """Upsert one document per record, keyed by its Id, in one unordered bulk write."""
+        """Upsert one document per record, keyed by its Id, in one unordered bulk write.
+
+        Waiting journaled records are written first. When the records cannot be written,
+        they go to the journal and ``Journaled`` says how many; DatabaseError only when the
+        journal cannot take them either.
+        """
         if not records:
             return 0
+        stamp = now()
+        try:
+            self.sync()
+            self._write(cloud, kind, records, cluster, stamp)
+        except DatabaseError as error:
+            self._journal_batch(cloud, kind, records, cluster, stamp, error)
+        return len(records)
+
+    def _journal_batch(self, cloud, kind, records, cluster, stamp, error):
+        from cloudmesh.emr.journal import JournalError
+
+        try:
+            count = self.journal.append(cloud, kind, records, cluster=cluster, stamp=stamp)
+        except JournalError as failed:
+            raise DatabaseError(f"{error.message}; and {failed}: these results are not "
+                                "recorded") from None
+        raise Journaled(error, count, self.journal.path)
+
+    def sync(self):
+        """Write the journaled records, if any wait; return how many were written."""
+        if not self.journal.exists():
+            return 0
+        from cloudmesh.emr.journal import JournalError
+
+        try:
+            return self.journal.replay(self._replay_batch)
+        except (JournalError, OSError) as error:
+            if isinstance(error, DatabaseError):
+                raise
+            raise DatabaseError(f"cannot replay the journal {self.journal.path}: "
+                                f"{getattr(error, 'strerror', None) or error}") from None
+
+    def _replay_batch(self, cloud, kind, records, cluster, stamp):
+        import bson.errors
+        import pymongo.errors
+
+        from cloudmesh.emr.journal import Rejected
+
+        try:
+            self._write(cloud, kind, records, cluster, stamp, replay=True)
+        except DatabaseError as error:
+            refused = getattr(error, "refused", False)
+            if refused:
+                raise Rejected(error.message) from None
+            raise
+        except (bson.errors.BSONError, pymongo.errors.OperationFailure) as error:
+            raise Rejected(str(error)) from None
+
+    def operations(self, cloud, kind, records, cluster, stamp, replay=False):
+        """The upserts that record ``records``. A replayed batch (``replay``) does not
+        overwrite a document that a later write already updated: its filter then matches
+        nothing and the upsert's insert meets the existing _id (a duplicate, ignored)."""
         from pymongo import UpdateOne
 
-        stamp = now()
         operations = []
         for record in records:
+            record, escaped = storable(record)
             ident = record["Id"]
             cm = {
                 "cm.cloud": cloud, "cm.kind": kind, "cm.id": ident,
@@ -297,15 +437,36 @@ class Database:
                 "cm.cluster": cluster or record.get("ClusterId") or (ident if kind == "cluster" else None),
                 "cm.modified": stamp,
             }
+            update = {"$setOnInsert": {"cm.created": stamp}}
+            if escaped:
+                cm["cm.escaped"] = escaped
+            else:
+                update["$unset"] = {"cm.escaped": ""}
             body = {key: value for key, value in record.items() if key not in ("_id", "cm")}
-            operations.append(UpdateOne(
-                {"_id": document_id(cloud, kind, ident)},
-                {"$set": {**body, **cm}, "$setOnInsert": {"cm.created": stamp}},
-                upsert=True,
-            ))
+            update["$set"] = {**body, **cm}
+            where = {"_id": document_id(cloud, kind, ident)}
+            if replay:
+                where["$or"] = [{"cm.modified": {"$lte": stamp}}, {"cm.modified": None}]
+            operations.append(UpdateOne(where, update, upsert=True))
+        return operations
+
+    def _write(self, cloud, kind, records, cluster, stamp, replay=False):
+        import pymongo.errors
+
+        operations = self.operations(cloud, kind, records, cluster, stamp, replay=replay)
         with self._guard():
-            self.collection(cloud, kind).bulk_write(operations, ordered=False)
-        return len(operations)
+            try:
+                self.collection(cloud, kind).bulk_write(operations, ordered=False)
+            except pymongo.errors.BulkWriteError as error:
+                errors = error.details.get("writeErrors") or []
+                if replay and all(e.get("code") == DUPLICATE_KEY for e in errors):
+                    return  # newer documents kept: what a replay should do
+                where, reason = self._reason(errors[0].get("errmsg") if errors else error)
+                refused = DatabaseError(
+                    f"the database at {where} refused {len(errors)} of {len(operations)} "
+                    f"records ({reason})")
+                refused.refused = True
+                raise refused from None
 
     def find(self, cloud, kind, query=None):
         with self._guard():
@@ -313,7 +474,11 @@ class Database:
 
     def status(self):
         """Where the database is and how many documents each of our collections holds."""
-        info = {"Mode": self.mongo["MODE"], "Database": self.name}
+        info = {"Mode": self.mongo["MODE"], "Database": self.name,
+                "Journaled": self.journal.pending()}
+        rejected = self.journal.pending(rejected=True)
+        if rejected:
+            info["Rejected"] = f"{rejected} (in {self.journal.rejected})"
         if self.server:
             # the process table, not only the state file, says whether it runs
             state, process = self.server._found()

@@ -53,3 +53,32 @@ class DatabaseError(EmrError):
 
     http_status = 503
     title = "Database unavailable"
+
+
+ECHO_LIMIT = 200
+
+
+def shorten(text, limit=ECHO_LIMIT):
+    """What a user gave, fit to be echoed in a one-line message: at most ``limit``
+    characters, control characters and bytes that are not text shown as escapes, and
+    the cut marked with '...' and the full length."""
+    text = str(text)
+    try:  # bytes of argv that were not UTF-8 (surrogate-escaped): shown as the bytes, \xe9
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate of another kind (a JSON escape): \udce9
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode()
+                   for c in text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def undecodable(text):
+    """Whether ``text`` holds what is not valid Unicode (bytes that were not UTF-8 in
+    argv, surrogate-escaped; a lone surrogate from a JSON escape)."""
+    try:
+        str(text).encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True

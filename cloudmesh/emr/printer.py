@@ -9,7 +9,7 @@ shapes of records, never how they were fetched.
 import datetime
 import shlex
 
-from cloudmesh.emr.errors import UsageError
+from cloudmesh.emr.errors import UsageError, shorten
 
 FORMATS = ("table", "csv", "json", "yaml", "dict")
 
@@ -18,7 +18,7 @@ def check_format(fmt, default="table"):
     """The format word in lower case; ``default`` when none was given (None)."""
     fmt = default if fmt is None else str(fmt).strip().lower()
     if fmt not in FORMATS:
-        raise UsageError(f"--format: '{fmt}' is not a format; use one of: {', '.join(FORMATS)}")
+        raise UsageError(f"--format: '{shorten(fmt)}' is not a format; use one of: {', '.join(FORMATS)}")
     return fmt
 
 

@@ -16,7 +16,9 @@ from contextlib import contextmanager
 
 from cloudmesh.emr.api import vocabulary
 from cloudmesh.emr.config import Settings
-from cloudmesh.emr.errors import AwsError, Conflict, DatabaseError, EmrError, NotFound, UsageError
+from cloudmesh.emr.errors import (
+    AwsError, Conflict, DatabaseError, EmrError, NotFound, UsageError, shorten, undecodable,
+)
 
 CLUSTER_ID = re.compile(r"^j-[A-Za-z0-9]{1,64}$")
 RELEASE_LABEL = re.compile(r"^emr-\d+\.\d+\.\d+(-[A-Za-z0-9-]+)?$")
@@ -102,20 +104,36 @@ def newest_first(records):
 def check_cluster_id(cluster_id):
     if not isinstance(cluster_id, str) or not CLUSTER_ID.match(cluster_id):
         raise UsageError(
-            f"'{cluster_id}' is not a cluster id; cluster ids look like j-2AXXXXXXGAPLF "
+            f"'{shorten(cluster_id)}' is not a cluster id; cluster ids look like j-2AXXXXXXGAPLF "
             "(see 'cms emr list clusters')"
         )
     return cluster_id
 
 
+def check_text(field, value):
+    """``value`` if it is valid Unicode text, else UsageError naming ``field``: bytes that
+    were not UTF-8 (surrogate-escaped in argv) or a lone surrogate (a JSON escape) would
+    reach AWS as something else, or not at all, and no database could store them."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for item in values:
+        if isinstance(item, str) and undecodable(item):
+            raise UsageError(
+                f"{field}: '{shorten(item)}' is not valid text (it holds bytes that are not "
+                "UTF-8, or a lone surrogate); give it in UTF-8"
+            )
+    return value
+
+
 def check_bucket(bucket, key):
+    check_text("BUCKET", bucket)
+    check_text("BUCKETNAME", key)
     if not isinstance(bucket, str) or not BUCKET.match(bucket) or ".." in bucket:
         raise UsageError(
-            f"'{bucket}' is not a valid S3 bucket name: 3 to 63 lowercase letters, "
+            f"'{shorten(bucket)}' is not a valid S3 bucket name: 3 to 63 lowercase letters, "
             "digits, dots and hyphens, starting and ending with a letter or digit"
         )
     if not isinstance(key, str) or not key.strip() or len(key.encode()) > 1024:
-        raise UsageError(f"'{key}' is not a valid S3 object name (1 to 1024 bytes)")
+        raise UsageError(f"'{shorten(key)}' is not a valid S3 object name (1 to 1024 bytes)")
     return f"s3://{bucket}/{key}"
 
 
@@ -128,11 +146,14 @@ class Provider:
         self.settings = settings or Settings.load()
         self.cloud = self.settings.cloud(cloud)
         self.settings.mongo()  # a bad database setting is bad input: say so before calling AWS
+        self.settings.credentials(self.cloud)  # so is a half-set or misspelt credentials block
         self._database = database
         self._clients = {} if clients is None else clients
         self._endpoint = None
         self.warnings = []
         self.database_error = None
+        self.journaled = 0  # records the database could not take, kept in the journal
+        self.journal_error = None
 
     # ---- plumbing -------------------------------------------------------------------
 
@@ -218,8 +239,16 @@ class Provider:
         return AwsError(f"cannot {what}: {code}: {message}")
 
     def _record(self, kind, records, cluster=None):
+        """Record in the database; when it cannot take them, the database journals them
+        (``self.journaled`` counts those, ``self.journal_error`` says why) and only a
+        journal that cannot be written either is ``self.database_error``."""
+        from cloudmesh.emr.database import Journaled
+
         try:
             self.database.record(self.cloud, kind, records, cluster=cluster)
+        except Journaled as journaled:
+            self.journaled += journaled.count
+            self.journal_error = journaled
         except DatabaseError as error:
             self.database_error = error
         finally:  # the embedded server's state file rebuilt or removed: say so
@@ -382,7 +411,7 @@ class Provider:
                     return
                 if code in ("ValidationException", "InvalidRequestException"):
                     raise UsageError(
-                        f"--release: '{release}' is not a release label EMR knows in "
+                        f"--release: '{shorten(release)}' is not a release label EMR knows in "
                         f"{self.region}: {message or code}"
                     ) from None
                 raise
@@ -404,6 +433,7 @@ class Provider:
     def start(self, name, master=None, node=None, count=None, release=None):
         """Create a Spark cluster with run_job_flow; return the action record."""
         self.warnings = []
+        check_text("NAME", name)
         if not isinstance(name, str) or not name.strip() or len(name) > 256:
             raise UsageError("the cluster NAME must be 1 to 256 characters")
         master = master or self.settings.emr_default("master")
@@ -411,14 +441,14 @@ class Provider:
         release = release or self.settings.emr_default("release")
         count = self.settings.emr_default("count") if count is None else count
         if isinstance(count, bool) or not COUNT.match(str(count)) or int(count) < 1:
-            raise UsageError(f"--count: '{count}' is not a whole number of at least 1 "
+            raise UsageError(f"--count: '{shorten(count)}' is not a whole number of at least 1 "
                              "(1 master plus COUNT-1 core nodes)")
         count = int(count)
         if not RELEASE_LABEL.match(str(release)):
-            raise UsageError(f"--release: '{release}' is not a release label like emr-7.12.0")
+            raise UsageError(f"--release: '{shorten(release)}' is not a release label like emr-7.12.0")
         for option, value in (("--master", master), ("--node", node)):
             if not INSTANCE_TYPE.match(str(value)):
-                raise UsageError(f"{option}: '{value}' is not an instance type like m5.xlarge")
+                raise UsageError(f"{option}: '{shorten(value)}' is not an instance type like m5.xlarge")
         if count == 1:
             self.warnings.append(
                 "--count=1: the cluster has no core nodes; Spark runs on the master alone"
@@ -493,9 +523,9 @@ class Provider:
         """Send a local file to s3://bucket/key with boto3's transfer manager."""
         path = os.path.abspath(os.path.expanduser(str(filename)))
         if not os.path.isfile(path):
-            raise UsageError(f"'{filename}' is not a file; upload takes a regular file")
+            raise UsageError(f"'{shorten(filename)}' is not a file; upload takes a regular file")
         if not os.access(path, os.R_OK):
-            raise UsageError(f"'{filename}' is not readable")
+            raise UsageError(f"'{shorten(filename)}' is not readable")
         return self._put(bucket, key, {"File": path, "Size": os.path.getsize(path)},
                          lambda s3, config: s3.upload_file(path, bucket, key, Config=config,
                                                            Callback=progress))
@@ -518,7 +548,7 @@ class Provider:
                 code = error.response.get("Error", {}).get("Code", "")
                 if code in ("404", "NoSuchBucket", "NotFound"):
                     raise NotFound(
-                        f"bucket '{bucket}' does not exist: create it first "
+                        f"bucket '{shorten(bucket)}' does not exist: create it first "
                         f"(aws s3 mb s3://{bucket}), or name another"
                     ) from None
                 raise
@@ -568,7 +598,7 @@ class Provider:
         """
         self.warnings = []
         url = check_bucket(bucket, key)
-        args = [str(arg) for arg in (args or [])]
+        args = check_text("ARGS", [str(arg) for arg in (args or [])])
         program = key.rstrip("/").rsplit("/", 1)[-1]
         command = ["spark-submit"]
         if main_class is not None:

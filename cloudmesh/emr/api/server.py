@@ -89,6 +89,8 @@ class Service:
         return Provider(self.cloud, self.settings, database=self.database, clients=self.clients)
 
 
+# on an answer whose records wait in the journal (the database is away): how many
+JOURNALED_HEADER = "Cloudmesh-Journaled"
 EXTENSION = "cloudmesh.emr"  # where the Flask app of create_app keeps its Service
 
 
@@ -114,7 +116,11 @@ def _answer(provider, body, status=200, headers=None):
     body = plain(body)
     if provider.database_error is not None:
         raise Unrecorded(provider.database_error, body)
-    return body, status, {"Content-Type": "application/json", **(headers or {})}
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    if provider.journaled:  # the database is away; the records wait in the journal
+        LOG.warning("%s", provider.journal_error.message)
+        headers[JOURNALED_HEADER] = str(provider.journaled)
+    return body, status, headers
 
 
 # ---- the operations (operationIds of emr.yaml) --------------------------------------

@@ -6,7 +6,7 @@ union of what each one means. An unknown word is an error that names it and
 lists the valid ones; it is never dropped.
 """
 
-from cloudmesh.emr.errors import UsageError
+from cloudmesh.emr.errors import UsageError, shorten
 
 CLUSTER_STATUS = {
     "start": ["STARTING"],
@@ -103,7 +103,7 @@ def translate(kind, values):
         if meaning is None and word.upper() in names:
             meaning = [word.upper()]
         if meaning is None:
-            raise UsageError(f"{option}: '{word}' is not a {kind}; use one of: {valid}")
+            raise UsageError(f"{option}: '{shorten(word)}' is not a {kind}; use one of: {valid}")
         wanted.extend(name for name in meaning if name not in wanted)
     return wanted
 

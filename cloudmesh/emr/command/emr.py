@@ -9,7 +9,7 @@ boto3 itself; it turns errors into one ``ERROR:`` line and an exit code
 import os
 import sys
 
-from cloudmesh.emr.errors import EmrError, UsageError
+from cloudmesh.emr.errors import EmrError, UsageError, shorten, undecodable
 
 try:  # inside the cloudmesh shell, this is one of its plugin commands
     from cloudmesh.shell.command import PluginCommand
@@ -24,9 +24,14 @@ VERBS = ("list", "describe", "start", "stop", "upload", "copy", "run", "stream",
 
 def say(line=""):
     """One line (or block) on stdout. When the reader has gone (`cms emr ... | head -1`),
-    the rest of the output is dropped quietly and the command finishes its work."""
+    the rest of the output is dropped quietly and the command finishes its work.
+    Text AWS sent that is not valid Unicode is shown with backslash escapes."""
     try:
-        print(line, flush=True)
+        try:
+            print(line, flush=True)
+        except UnicodeEncodeError:
+            encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+            print(str(line).encode(encoding, "backslashreplace").decode(encoding), flush=True)
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so the final flush at exit has somewhere to go
@@ -59,7 +64,7 @@ class EmrCommand(PluginCommand):
           emr cancel CLUSTERID STEPID... [--format=FORMAT] [--cloud=CLOUD]
           emr logs CLUSTERID STEPID [--file=FILE] [--tail=N] [--cloud=CLOUD]
           emr diagnose CLUSTERID [STEPID] [--format=FORMAT] [--cloud=CLOUD]
-          emr db (start|stop|status) [--format=FORMAT]
+          emr db (start|stop|status|sync) [--format=FORMAT]
           emr local start [--port=PORT]
           emr local status [--format=FORMAT]
           emr local stop [--force]
@@ -146,7 +151,7 @@ class EmrCommand(PluginCommand):
         except DocoptExit:
             given = " ".join(argv) or "nothing"
             raise UsageError(
-                f"'emr {given}' fits no usage of cms emr; see 'cms emr --help'"
+                f"'emr {shorten(given)}' fits no usage of cms emr; see 'cms emr --help'"
             ) from None
 
     def run(self, argv):
@@ -176,7 +181,21 @@ class EmrCommand(PluginCommand):
                  "(set CLOUDMESH_EMR_DEBUG=1 to see where; please report it)")
             return 1
 
+    @staticmethod
+    def check_text(a):
+        """Every word given must be valid Unicode: a byte that is not UTF-8 ($'caf\\xe9')
+        arrives surrogate-escaped, and would reach AWS as something else or break the
+        database. Refused, naming the argument, before anything is called."""
+        for key, value in a.items():
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, str) and undecodable(item):
+                    raise UsageError(
+                        f"{key}: '{shorten(item)}' is not valid text (it holds bytes that "
+                        "are not UTF-8); give it in UTF-8"
+                    )
+
     def _dispatch(self, a):
+        self.check_text(a)
         if a.get("--help") or a.get("-h"):
             say(self.usage())
             return 0
@@ -203,6 +222,12 @@ class EmrCommand(PluginCommand):
     def _finish(provider, code):
         for line in provider.warnings:
             warn(f"WARNING: {line}")
+        if provider.journaled and provider.database_error is None:
+            error = provider.journal_error
+            where = str(error.cause.message).split("; check")[0]
+            warn(f"WARNING: {where}; {provider.journaled} records are journaled in "
+                 f"{error.journal} and will be written when the database is back "
+                 "(or now: 'cms emr db sync')")
         if provider.database_error is not None:
             warn(f"ERROR: {provider.database_error.message}")
             return max(code, 1)
@@ -392,10 +417,27 @@ class EmrCommand(PluginCommand):
             if a["start"]:
                 state, fresh = database.server.start()
                 verb = "started" if fresh else "already running"
-                say(f"database {verb} at {state['host']}:{state['port']} (pid {state['pid']})")
+                info = {"Database": verb, "Address": f"{state['host']}:{state['port']}",
+                        "Pid": state["pid"]}
+                line = f"database {verb} at {info['Address']} (pid {state['pid']})"
             else:
                 state = database.server.stop()
-                say(f"database stopped (pid {state['pid']})" if state else "database was not running")
+                info = {"Database": "stopped" if state else "not running",
+                        "Pid": state and state["pid"]}
+                line = (f"database stopped (pid {state['pid']})" if state
+                        else "database was not running")
+            say(line if a["--format"] is None else printer.render_one(info, fmt))
+            return 0
+        if a["sync"]:
+            waiting = database.journal.pending()
+            written = database.sync()
+            info = {"Written": written, "Journaled": database.journal.pending()}
+            rejected = database.journal.pending(rejected=True)
+            if rejected:
+                info["Rejected"] = f"{rejected} (in {database.journal.rejected})"
+            line = (f"{written} journaled records written to the database" if waiting
+                    else "no journaled records wait")
+            say(line if a["--format"] is None else printer.render_one(info, fmt))
             return 0
         info = database.status()
         collections = info.pop("Collections", {})
@@ -425,7 +467,7 @@ class EmrCommand(PluginCommand):
                 try:
                     port = int(port)
                 except ValueError:
-                    raise UsageError(f"--port: '{port}' is not a port number") from None
+                    raise UsageError(f"--port: '{shorten(port)}' is not a port number") from None
             info = control.start(port=port, delay=Settings.load().local_delay())
             verb = "already running" if info.get("AlreadyRunning") else "started"
             say(f"local EMR emulator {verb} at {info['Endpoint']} (pid {info['Pid']})")
@@ -451,7 +493,15 @@ class EmrCommand(PluginCommand):
         try:
             port = int(port)
         except ValueError:
-            raise UsageError(f"--port: '{port}' is not a port number") from None
+            raise UsageError(f"--port: '{shorten(port)}' is not a port number") from None
         if not 0 < port < 65536:
             raise UsageError(f"--port: {port} is not between 1 and 65535")
-        return server.serve(host=a["--host"] or "127.0.0.1", port=port, cloud=a["--cloud"])
+        host = a["--host"] or "127.0.0.1"
+        try:  # the resolver's own codec refuses labels over 63 characters with a UnicodeError
+            host.encode("idna")
+        except UnicodeError:
+            raise UsageError(
+                f"--host: '{shorten(host)}' is not a host name or address (each dot-separated "
+                "label 1 to 63 characters)"
+            ) from None
+        return server.serve(host=host, port=port, cloud=a["--cloud"])
