@@ -278,15 +278,26 @@ def test_db_with_no_server_removes_a_stale_state_file_and_signals_nothing(
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, mongo_server):
     """A config folder whose emulator daemon runs (module-wide); results go to the
-    session's database."""
+    session's database. The daemon is started by hand, without --state-dir, as a user
+    may: it serves the default folder of its configuration, and is found there."""
     folder = tmp_path_factory.mktemp("emulated")
     write_config(folder, {"MODE": "native", "MONGO_HOST": mongo_server["host"],
                           "MONGO_PORT": mongo_server["port"]}, f"test_{uuid.uuid4().hex[:12]}")
     state = folder / "emr" / "local"
-    info = control.start(delay=0.2, state=state)
-    yield folder, state, info
-    if not gone(info["Pid"]):
-        control.stop(force=True, state=state)
+    state.mkdir(parents=True)
+
+    def ready(process, output):
+        data, _ = processes.read_json(state / "daemon.json")
+        return data if data and data["pid"] == process.pid else None
+
+    process, data = processes.spawn(
+        [sys.executable, "-m", "cloudmesh.emr.local.daemon", "--delay", "0.2"],
+        state / "daemon.log", ready, 60, "the emulator",
+        env={**os.environ, "CLOUDMESH_CONFIG_DIR": str(folder)})
+    yield folder, state, {"Pid": process.pid, "Endpoint": data["endpoint"]}
+    if process.poll() is None:
+        process.terminate()
+        process.wait(30)
 
 
 @pytest.fixture

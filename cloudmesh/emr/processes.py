@@ -188,12 +188,14 @@ class Server:
     """One kind of server we own, serving one folder.
 
     ``program(cmdline)`` says whether a command line runs our program; the folder it
-    serves is the value of ``folder_option`` on that command line. ``rebuild(process)``
+    serves is the value of ``folder_option`` on that command line (``default_folder``
+    when the option is not there). ``rebuild(process)``
     makes the state-file contents of a running server from the process alone (used when
     the state file is lost). Warnings for the user collect in ``self.warnings``.
     """
 
-    def __init__(self, name, folder, state_file, log, program, folder_option, rebuild):
+    def __init__(self, name, folder, state_file, log, program, folder_option, rebuild,
+                 default_folder=None):
         self.name = name
         self.folder = Path(folder)
         self.state_file = Path(state_file)
@@ -201,6 +203,7 @@ class Server:
         self.lock_file = self.state_file.with_name("start.lock")
         self.program = program
         self.folder_option = folder_option
+        self.default_folder = default_folder  # what the program serves without the option
         self._rebuild = rebuild
         self._holding = False
         self.warnings = []
@@ -234,6 +237,8 @@ class Server:
             if not self.program(cmdline):
                 return False
             value = option(cmdline, self.folder_option)
+            if value is None and self.default_folder is not None:
+                value = str(self.default_folder)
             cwd = None
             if value is not None and not os.path.isabs(value):
                 cwd = process.cwd()

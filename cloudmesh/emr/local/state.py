@@ -47,9 +47,11 @@ def server(state_dir):
             "state_dir": str(state_dir), "log": str(state_dir / LOG_FILE),
         }
 
+    from cloudmesh.emr.config import state_dir as default
+
     return processes.Server(
         "the local emulator", state_dir, state_dir / STATE_FILE, state_dir / LOG_FILE,
-        runs_daemon, "--state-dir", rebuild,
+        runs_daemon, "--state-dir", rebuild, default_folder=default("local"),
     )
 
 
