@@ -601,12 +601,13 @@ def test_control_start_status_stop_and_a_missing_pyspark(tmp_path, monkeypatch):
         with pytest.raises(Conflict) as refused:
             control.stop()
         assert cluster_id in refused.value.message and "--force" in refused.value.message
-        assert "loses 1 cluster(s), 2 step(s) and " in refused.value.message
+        assert "come back TERMINATED" in refused.value.message
         assert control.endpoint() == started["Endpoint"]
 
         stopped = control.stop(force=True)
         assert stopped["Stopped"] is True and stopped["Pid"] == started["Pid"]
-        assert stopped["Lost"].startswith("lost 1 cluster(s), 2 step(s)")
+        assert stopped["Kept"].startswith("kept 1 cluster(s), 2 step(s)")
+        assert "1 active cluster(s) come back TERMINATED" in stopped["Kept"]
         assert pid_gone(started["Pid"])
         assert pid_gone(step_pid)  # the daemon stopped the step it ran
         assert not (tmp_path / "config" / "emr" / "local" / "daemon.json").exists()
@@ -803,12 +804,12 @@ def test_cms_local_start_status_stop_and_cloud_local_without_a_profile(
         assert refused.code == 1 and refused.out == ""
         assert refused.err.startswith("ERROR: ") and refused.err.count("\n") == 1
         assert cluster_id in refused.err and "--force" in refused.err
-        assert "loses 1 cluster(s)" in refused.err
+        assert "come back TERMINATED" in refused.err
         assert not pid_gone(pid)
 
         stopped = cms_process("emr", "local", "stop", "--force")
         assert stopped.code == 0, stopped.err
-        assert f"pid {pid}" in stopped.out and "lost 1 cluster(s)" in stopped.out
+        assert f"pid {pid}" in stopped.out and "kept 1 cluster(s)" in stopped.out
         assert pid_gone(pid) and not (state / "daemon.json").exists()
         gone = cms_process("emr", "list", "clusters", "--cloud=local")
         assert gone.code == 1 and "cms emr local start" in gone.err

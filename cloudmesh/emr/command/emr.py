@@ -481,7 +481,7 @@ class EmrCommand(PluginCommand):
         else:
             info = control.stop(force=bool(a["--force"]))
             if info.get("Stopped"):
-                say(f"local EMR emulator stopped (pid {info['Pid']}); {info.get('Lost', '')}".rstrip("; "))
+                say(f"local EMR emulator stopped (pid {info['Pid']}); {info.get('Kept', '')}".rstrip("; "))
             else:
                 say("local EMR emulator was not running")
         return 0

@@ -28,7 +28,9 @@ START_TIMEOUT = 60.0  # seconds for a new daemon to serve
 STOP_TIMEOUT = 20.0  # seconds between SIGTERM and SIGKILL
 PORT_HINT = "give a port 1..65535, or 0 (or no --port) for a free one"
 NOT_RUNNING = "the local emulator is not running: start it with 'cms emr local start'"
-EVERYTHING = "everything it held in memory: clusters, steps and S3 objects"
+EVERYTHING = "its clusters, steps and S3 objects"
+ENDS_ACTIVE = ("stopping it ends them (they come back TERMINATED, their unfinished steps "
+               "CANCELLED)")
 
 # what was done about a lost or wrong daemon.json (rebuilt, or removed): the command
 # shows these as WARNING lines (take_warnings)
@@ -255,7 +257,9 @@ def status(state=None):
 def stop(force=False, state=None):
     """Stop the daemon; refuse (Conflict) while clusters are active unless ``force``.
 
-    Returns {Stopped, Pid, Endpoint, Lost}; {Stopped: False, ...} when none runs.
+    The daemon saves its clusters, steps and S3 objects in its folder as it stops and
+    puts them back at the next start. Returns {Stopped, Pid, Endpoint, Kept};
+    {Stopped: False, ...} when none runs.
     """
     state = _state(state)
     daemon = server(state)
@@ -272,9 +276,9 @@ def _stop(force, state, daemon):
     data, process = daemon.locate(save=False)
     if process is None:
         return {"Stopped": False, "Pid": None, "Endpoint": None,
-                "Lost": "nothing: the local emulator is not running"}
+                "Kept": "nothing to keep: the local emulator is not running"}
     url = data.get("endpoint")
-    lost = f"lost {EVERYTHING}"
+    kept = f"kept {EVERYTHING} in {state} for the next 'cms emr local start'"
     if url and port_answers(data.get("port")):
         try:
             clusters = _clusters(url)
@@ -282,22 +286,23 @@ def _stop(force, state, daemon):
             if not force:
                 raise AwsError(
                     f"the local emulator at {url} did not answer ({error}); "
-                    f"'cms emr local stop --force' stops it anyway and loses {EVERYTHING}"
+                    f"'cms emr local stop --force' stops it anyway"
                 ) from None
             clusters = None
         if clusters is not None:
             active = [c["Id"] for c in clusters if c["Status"]["State"] in ACTIVE_STATES]
-            what = _lost(url, clusters)
             if active and not force:
                 raise Conflict(
                     f"the local emulator has {len(active)} active cluster(s): "
-                    f"{', '.join(sorted(active))}; stop them with 'cms emr stop CLUSTERID', "
-                    f"or use 'cms emr local stop --force', which loses {what}"
+                    f"{', '.join(sorted(active))}; {ENDS_ACTIVE}: stop them with "
+                    f"'cms emr stop CLUSTERID', or use 'cms emr local stop --force'"
                 )
-            lost = f"lost {what}"
+            kept = f"kept {_kept(url, clusters)} in {state} for the next 'cms emr local start'"
+            if active:
+                kept += f"; its {len(active)} active cluster(s) come back TERMINATED"
     processes.terminate([process], STOP_TIMEOUT)  # checked to be ours by locate()
     daemon.remove_state()  # ours, or stale: no daemon serves this folder any more
-    return {"Stopped": True, "Pid": process.pid, "Endpoint": url, "Lost": lost}
+    return {"Stopped": True, "Pid": process.pid, "Endpoint": url, "Kept": kept}
 
 
 # ---- helpers of status and stop ------------------------------------------------------
@@ -315,8 +320,8 @@ def _steps(emr, cluster_id, states=None):
     return [s for page in emr.get_paginator("list_steps").paginate(**kwargs) for s in page["Steps"]]
 
 
-def _lost(url, clusters):
-    """What stopping loses, counted: clusters, steps, buckets and objects."""
+def _kept(url, clusters):
+    """What the daemon keeps as it stops, counted: clusters, steps, buckets and objects."""
     try:
         emr = _client("emr", url)
         steps = sum(len(_steps(emr, c["Id"])) for c in clusters)
@@ -328,9 +333,7 @@ def _lost(url, clusters):
                 objects += page.get("KeyCount", 0)
     except Exception:  # counting is a courtesy; the daemon still stops
         return EVERYTHING
-    if not clusters and not buckets:
-        return "nothing (it held no cluster and no S3 bucket)"
     return (
         f"{len(clusters)} cluster(s), {steps} step(s) and {objects} S3 object(s) in "
-        f"{len(buckets)} bucket(s), held in memory only"
+        f"{len(buckets)} bucket(s)"
     )

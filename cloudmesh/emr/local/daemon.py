@@ -9,8 +9,9 @@ the lifecycle engine in a thread, and runs steps as child processes. ``--port 0`
 (the default) takes a free port. It listens on 127.0.0.1 only and refuses any other
 host. Once it serves, it writes ``<state dir>/daemon.json`` ({pid, host, port,
 endpoint, started, delay, state_dir, log}); on SIGTERM or SIGINT it stops the step
-processes it started, stops serving, and removes that file. Its state lives in its
-memory: stopping it loses every cluster, step and S3 object.
+processes it started, stops serving, saves its S3 objects and its clusters and steps
+in the state folder (``persist.py``; active clusters are ended as the stop ends them)
+and removes that file. The next daemon of that folder starts with them.
 
 Environment: CLOUDMESH_EMR_LOCAL_SPARK_SUBMIT names a spark-submit to use instead of
 pyspark's own (read when a step starts); JAVA_HOME / PATH locate java.
@@ -105,7 +106,7 @@ def serve(host, port, state_dir, delay):
             file=sys.stderr,
         )
         return 1
-    # a new daemon starts empty: the master folders of earlier clusters are stale
+    # the master folders of earlier clusters are stale: those clusters have ended
     shutil.rmtree(state_dir / "clusters", ignore_errors=True)
 
     # settings that make the boto3 clients inside the daemon talk to it directly
@@ -123,6 +124,12 @@ def serve(host, port, state_dir, delay):
     runner = Runner(None, state_dir)
     engine = Engine(delay, runner.launch)
     model.register(engine)  # before the first request
+    from cloudmesh.emr.local import persist
+
+    try:
+        persist.load(state_dir)  # what the last daemon of this folder kept
+    except Exception:  # a defect: serve anyway, and say what was not restored
+        log.exception("cannot restore the saved S3 objects and clusters")
 
     server, failure = start_server(host, port)
     if failure:
@@ -172,8 +179,12 @@ def serve(host, port, state_dir, delay):
         log.info("stopping the step processes")
         engine.stop()
         server.stop()
+        try:
+            persist.save(state_dir)
+        except Exception:  # a defect: the daemon still stops; the last saved copy stays
+            log.exception("cannot save the S3 objects and clusters")
         state.remove(state_dir, os.getpid())
-        log.info("stopped; clusters, steps and S3 objects held in memory are gone")
+        log.info("stopped")
     return 0
 
 

@@ -170,6 +170,13 @@ class Engine:
         cluster.local_final = TERMINATED
         cluster.local_ran_steps = False
 
+    def adopt_ended(self, cluster):
+        """A cluster restored from an earlier run of the emulator: ended, nothing to move."""
+        cluster.local_since = time.monotonic()
+        cluster.local_final = cluster.state
+        cluster.local_ran_steps = bool(cluster.steps)
+        self.sync_members(cluster)
+
     def enter(self, cluster, state, reason=(None, None)):
         if cluster.state != state:
             because = " ".join(str(part) for part in reason if part)
