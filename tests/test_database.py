@@ -58,6 +58,8 @@ def test_a_record_becomes_a_document_with_its_cm_part(cm, clock):
     assert doc["Id"] == "j-ONE" and doc["Name"] == "one"
     assert doc["Status"]["State"] == "WAITING"
     assert doc["Status"]["Timeline"]["CreationDateTime"] == T0  # a date, not a string
+    digest = doc["cm"].pop("hash")  # of the content: how an unchanged record is known
+    assert len(digest) == 32 and int(digest, 16) >= 0
     assert doc["cm"] == {"cloud": "aws", "kind": "cluster", "id": "j-ONE", "name": "one",
                          "cluster": "j-ONE", "created": T0, "modified": T0}
 
@@ -103,17 +105,73 @@ def test_a_second_write_updates_the_same_document(cm, clock):
     assert doc["cm"]["modified"] == T0 + datetime.timedelta(minutes=1)
 
 
+def modified(cm, cloud="aws", kind="cluster"):
+    return {doc["_id"]: doc["cm"]["modified"] for doc in cm.docs(cloud, kind)}
+
+
+def test_only_what_changed_is_written_and_returned_with_its_previous_state(cm, clock):
+    database = Database(Settings.load())
+    records = [cluster_record(f"j-SEEN{i:03d}", name=f"c{i}") for i in range(100)]
+    written = database.record("aws", "cluster", records)
+    assert [(record["Id"], previous) for record, previous in written] == [
+        (r["Id"], None) for r in records]  # new: no previous state
+    clock.tick()
+    assert database.record("aws", "cluster", [dict(r) for r in records]) == []
+    assert set(modified(cm).values()) == {T0}  # no document rewritten
+    clock.tick()
+    changed = [dict(r) for r in records]
+    changed[42] = cluster_record("j-SEEN042", name="c42", state="TERMINATED")
+    (record, previous), = database.record("aws", "cluster", changed)
+    assert record["Id"] == "j-SEEN042"
+    assert previous["Status"]["State"] == "WAITING" and previous["cm"]["modified"] == T0
+    stamps = modified(cm)
+    assert stamps.pop("aws/cluster/j-SEEN042") == T0 + datetime.timedelta(minutes=2)
+    assert set(stamps.values()) == {T0}
+    doc = cm.db["aws-emr-cluster"].find_one({"_id": "aws/cluster/j-SEEN042"})
+    assert doc["Status"]["State"] == "TERMINATED" and doc["cm"]["created"] == T0
+
+
+def test_a_field_a_record_no_longer_has_leaves_its_document(cm, clock):
+    database = Database(Settings.load())
+    database.record("aws", "cluster", [{**cluster_record("j-GONE"), "AutoTerminate": True}])
+    database.record("aws", "cluster", [cluster_record("j-GONE")])
+    doc, = cm.docs("aws", "cluster")
+    assert "AutoTerminate" not in doc and doc["Name"] == "one"
+
+
+def test_a_repeat_listing_of_unchanged_clusters_rewrites_no_document(cm, aws, clock):
+    import boto3
+
+    from cloudmesh.emr.api.provider import Provider
+
+    emr = boto3.client("emr", region_name="us-east-1")
+    made = [run_job_flow(emr, f"same {i}", core=0) for i in range(60)]  # two pages at AWS
+    assert len(Provider().list_clusters()) == 60
+    first = modified(cm)
+    assert len(first) == 60
+    clock.tick()
+    assert len(Provider().list_clusters()) == 60
+    assert modified(cm) == first
+    clock.tick()
+    emr.terminate_job_flows(JobFlowIds=[made[7]])
+    listed = Provider().list_clusters()
+    assert {c["Id"]: c["Status"]["State"] for c in listed}[made[7]] in (
+        "TERMINATING", "TERMINATED")
+    after = modified(cm)
+    assert {key for key in after if after[key] != first[key]} == {f"aws/cluster/{made[7]}"}
+
+
 def test_many_records_in_one_write_and_a_second_database_instance_sees_them(cm):
     records = [cluster_record(f"j-MANY{i:03d}", name=f"c{i}") for i in range(120)]
-    assert Database(Settings.load()).record("aws", "cluster", records) == 120
-    assert Database(Settings.load()).record("aws", "cluster", records[:10]) == 10
+    assert len(Database(Settings.load()).record("aws", "cluster", records)) == 120
+    assert Database(Settings.load()).record("aws", "cluster", records[:10]) == []  # unchanged
     assert len(cm.docs("aws", "cluster")) == 120
     found = Database(Settings.load()).find("aws", "cluster", {"Name": "c7"})
     assert [d["_id"] for d in found] == ["aws/cluster/j-MANY007"]
 
 
 def test_nothing_to_record_writes_nothing(cm):
-    assert Database(Settings.load()).record("aws", "cluster", []) == 0
+    assert Database(Settings.load()).record("aws", "cluster", []) == []
     assert "aws-emr-cluster" not in cm.db.list_collection_names()
 
 

@@ -27,12 +27,36 @@ KINDS = ("cluster", "instance", "step", "action")
 DUPLICATE_KEY = 11000
 INT64 = (-(2 ** 63), 2 ** 63 - 1)
 TIMEOUT_MS = 3000
+IN_QUERY_IDS = 64  # more ids than this are looked up in one pass over the collection
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 CONFIGURED_TIMEOUTS = re.compile(r"\s*\(configured timeouts:[^)]*\)")  # pymongo's, not the user's
 
 
 def now():
     return datetime.datetime.now(datetime.timezone.utc)
+
+
+def digest(body, cm):
+    """A digest of a record's content and its cm fields, the same for the same content
+    whatever the order of its keys: how a record is known unchanged without reading it."""
+    import hashlib
+    import json
+
+    text = json.dumps([body, cm], sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def by_ids(collection, ids, projection=None):
+    """{_id: document} of the documents with these ids. A few ids are one $in query; for
+    many, one pass over the collection reads less: an $in of thousands of ids is slow on
+    some servers (SecantusDB compares each document with the whole list), and the
+    collection holds one cloud's records of one kind, mostly the ones asked for."""
+    if not ids:
+        return {}
+    wanted = set(ids)
+    query = {"_id": {"$in": ids}} if len(ids) <= IN_QUERY_IDS else {}
+    return {doc["_id"]: doc for doc in collection.find(query, projection)
+            if doc["_id"] in wanted}
 
 
 def collection_name(cloud, kind):
@@ -365,21 +389,24 @@ class Database:
         return self._journal
 
     def record(self, cloud, kind, records, cluster=None):
-        """Upsert one document per record, keyed by its Id, in one unordered bulk write.
+        """Write what changed: one document per record, keyed by its Id.
 
-        Waiting journaled records are written first. When the records cannot be written,
-        they go to the journal and ``Journaled`` says how many; DatabaseError only when the
-        journal cannot take them either.
+        Waiting journaled records are written first. A record whose content digest
+        (``cm.hash``) matches its document's is not written again (its ``cm.modified``
+        stays); see ``_write``. Returns ``[(record, previous document or None)]`` for the
+        records written, in the order given, so a caller can tell what changed from
+        what without reading again. When the records cannot be written, they go to the
+        journal and ``Journaled`` says how many; DatabaseError only when the journal
+        cannot take them either.
         """
         if not records:
-            return 0
+            return []
         stamp = now()
         try:
             self.sync()
-            self._write(cloud, kind, records, cluster, stamp)
+            return self._write(cloud, kind, records, cluster, stamp)
         except DatabaseError as error:
             self._journal_batch(cloud, kind, records, cluster, stamp, error)
-        return len(records)
 
     def _journal_batch(self, cloud, kind, records, cluster, stamp, error):
         from cloudmesh.emr.journal import JournalError
@@ -421,52 +448,80 @@ class Database:
         except (bson.errors.BSONError, pymongo.errors.OperationFailure) as error:
             raise Rejected(str(error)) from None
 
-    def operations(self, cloud, kind, records, cluster, stamp, replay=False):
-        """The upserts that record ``records``. A replayed batch (``replay``) does not
-        overwrite a document that a later write already updated: its filter then matches
-        nothing and the upsert's insert meets the existing _id (a duplicate, ignored)."""
-        from pymongo import UpdateOne
-
-        operations = []
-        for record in records:
-            record, escaped = storable(record)
+    @staticmethod
+    def documents(cloud, kind, records, cluster):
+        """{_id: (record, body, cm fields, escaped paths, digest)} of ``records``; of two
+        records with one Id the last wins."""
+        documents = {}
+        for given in records:
+            record, escaped = storable(given)
             ident = record["Id"]
             cm = {
-                "cm.cloud": cloud, "cm.kind": kind, "cm.id": ident,
-                "cm.name": record.get("Name") or record.get("Action") or ident,
-                "cm.cluster": cluster or record.get("ClusterId") or (ident if kind == "cluster" else None),
-                "cm.modified": stamp,
+                "cloud": cloud, "kind": kind, "id": ident,
+                "name": record.get("Name") or record.get("Action") or ident,
+                "cluster": cluster or record.get("ClusterId") or (ident if kind == "cluster" else None),
             }
-            update = {"$setOnInsert": {"cm.created": stamp}}
-            if escaped:
-                cm["cm.escaped"] = escaped
-            else:
-                update["$unset"] = {"cm.escaped": ""}
             body = {key: value for key, value in record.items() if key not in ("_id", "cm")}
-            update["$set"] = {**body, **cm}
-            where = {"_id": document_id(cloud, kind, ident)}
-            if replay:
-                where["$or"] = [{"cm.modified": {"$lte": stamp}}, {"cm.modified": None}]
-            operations.append(UpdateOne(where, update, upsert=True))
-        return operations
+            documents[document_id(cloud, kind, ident)] = (
+                given, body, cm, escaped, digest(body, {**cm, "escaped": escaped}))
+        return documents
+
+    @staticmethod
+    def operation(key, body, cm, escaped, hashed, stamp, previous=None, replay=False):
+        """The upsert of one changed record. Fields its previous document has and the
+        record no longer has are removed. A replayed batch (``replay``) does not overwrite
+        a document that a later write already updated: its filter then matches nothing
+        and the upsert's insert meets the existing _id (a duplicate, ignored)."""
+        from pymongo import UpdateOne
+
+        fields = {f"cm.{name}": value for name, value in cm.items()}
+        fields.update({"cm.hash": hashed, "cm.modified": stamp})
+        update = {"$setOnInsert": {"cm.created": stamp}}
+        gone = dict.fromkeys((field for field in previous or {}
+                              if field not in body and field not in ("_id", "cm")), "")
+        if escaped:
+            fields["cm.escaped"] = escaped
+        else:
+            gone["cm.escaped"] = ""
+        update["$set"] = {**body, **fields}
+        if gone:
+            update["$unset"] = gone
+        where = {"_id": key}
+        if replay:
+            where["$or"] = [{"cm.modified": {"$lte": stamp}}, {"cm.modified": None}]
+        return UpdateOne(where, update, upsert=True)
 
     def _write(self, cloud, kind, records, cluster, stamp, replay=False):
+        """Read the stored digests of the records' ids in one query; read the changed
+        ones' documents whole (their previous state); upsert those in one unordered bulk
+        write. Returns [(record, previous document or None)] of what was written."""
         import pymongo.errors
 
-        operations = self.operations(cloud, kind, records, cluster, stamp, replay=replay)
+        documents = self.documents(cloud, kind, records, cluster)
         with self._guard():
+            collection = self.collection(cloud, kind)
+            stored = {key: (doc.get("cm") or {}).get("hash")
+                      for key, doc in by_ids(collection, list(documents), {"cm.hash": 1}).items()}
+            changed = [key for key, item in documents.items()
+                       if key not in stored or stored[key] != item[-1]]
+            if not changed:
+                return []
+            previous = by_ids(collection, [key for key in changed if key in stored])
+            operations = [self.operation(key, *documents[key][1:], stamp, previous.get(key),
+                                         replay=replay) for key in changed]
             try:
-                self.collection(cloud, kind).bulk_write(operations, ordered=False)
+                collection.bulk_write(operations, ordered=False)
             except pymongo.errors.BulkWriteError as error:
                 errors = error.details.get("writeErrors") or []
                 if replay and all(e.get("code") == DUPLICATE_KEY for e in errors):
-                    return  # newer documents kept: what a replay should do
+                    return []  # newer documents kept: what a replay should do
                 where, reason = self._reason(errors[0].get("errmsg") if errors else error)
                 refused = DatabaseError(
                     f"the database at {where} refused {len(errors)} of {len(operations)} "
                     f"records ({reason})")
                 refused.refused = True
                 raise refused from None
+        return [(documents[key][0], previous.get(key)) for key in changed]
 
     def find(self, cloud, kind, query=None):
         with self._guard():
