@@ -379,6 +379,46 @@ def test_a_bad_endpoint_through_the_command(cm, cms):
     assert "endpoint" in result.err and SECRET not in result.err
 
 
+@pytest.mark.parametrize("url", [f"http://admin:{SECRET}@127.0.0.1:5000",
+                                 f"https://{SECRET}@emr.example.org/",
+                                 f"http://admin:{SECRET}@127.0.0.1:5000@x/"])
+def test_credentials_in_an_endpoint_are_refused_without_showing_them(folder, url):
+    write(folder, {"cloudmesh": {"cloud": {"leaky": {"credentials": {
+        "EC2_ACCESS_ID": ACCESS_ID, "EC2_SECRET_KEY": "other", "region": "us-east-1",
+        "endpoint": url}}}}})
+    with pytest.raises(UsageError) as caught:
+        Settings.load().boto_options("leaky")
+    message = caught.value.message
+    assert "put credentials under credentials:, not in the endpoint" in message
+    assert SECRET not in message and "admin" not in message
+
+
+def test_credentials_in_an_endpoint_through_the_command(cm, cms):
+    cm.write(clouds={"leaky": {"credentials": {
+        "EC2_ACCESS_ID": ACCESS_ID, "EC2_SECRET_KEY": "other", "region": "us-east-1",
+        "endpoint": f"http://admin:{SECRET}@127.0.0.1:5000"}}})
+    for args in (["list", "clusters"], ["describe", "j-ABCDEF"], ["stop", "j-ABCDEF"]):
+        result = cms(*args, "--cloud=leaky")
+        assert result.code == 2, result
+        assert one_error_line(result.err), result.err
+        assert "not in the endpoint" in result.err and "http://127.0.0.1:5000" in result.err
+        assert SECRET not in result.out + result.err
+    assert SECRET not in str([cm.docs("leaky", kind) for kind in ("cluster", "action")])
+
+
+def test_server_hosts_is_a_list_of_names(folder):
+    write(folder, {"cloudmesh": {"emr": {"server": {"hosts": ["EMR.example.org", "[::1]:8443"]}}}})
+    assert Settings.load().server_hosts() == ["emr.example.org", "[::1]:8443"]
+    write(folder, {"cloudmesh": {"emr": {"server": {"hosts": "one.example.org"}}}})
+    assert Settings.load().server_hosts() == ["one.example.org"]
+    write(folder, {"cloudmesh": {}})
+    assert Settings.load().server_hosts() == []
+    for bad in (["http://x.example.org/"], ["a b"], [3], {"name": "x"}, ["x.example.org:port"]):
+        write(folder, {"cloudmesh": {"emr": {"server": {"hosts": bad}}}})
+        with pytest.raises(UsageError, match="cloudmesh.emr.server.hosts"):
+            Settings.load().server_hosts()
+
+
 def test_credentials_that_are_not_a_mapping_are_refused(folder):
     write(folder, {"cloudmesh": {"cloud": {"aws": {"credentials": "AKID:secret"}}}})
     with pytest.raises(UsageError, match="credentials"):

@@ -241,3 +241,171 @@ def test_a_word_the_spec_does_not_list_is_a_400_naming_the_listed_ones(client):
     problem = problem_of(client.get("/clusters?status=wait,error"), 400)
     assert "'wait,error'" in problem["detail"]
     assert client.get("/clusters?status=WAIT&status=error").status_code == 200
+
+
+# ---- secrets: credentials in an endpoint URL ---------------------------------------------------
+
+SECRET = "pw-Zk3/9+qLeak"  # shaped like an AWS secret key: a slash inside
+SECRET2 = "pw-Zk3-9qLeak"
+JDBC_PASSWORD = "jdbc-hunter2-Leak"
+NESTED_TOKEN = "nested-token-Leak"
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def everything_stored(cm):
+    """Every document of the test's database, as one text."""
+    return "\n".join(str(doc) for name in cm.db.list_collection_names()
+                     for doc in cm.db[name].find())
+
+
+def test_redact_removes_the_userinfo_of_every_url_in_a_text():
+    from cloudmesh.emr.redaction import redact
+
+    text = (f'Could not connect to the endpoint URL: "http://admin:{SECRET}@127.0.0.1:9/x" '
+            f"(mongodb://emr:{SECRET}@db.example.org:27017/cloudmesh), s3://bucket/a@b.txt")
+    shown = redact(text)
+    assert SECRET not in shown and "admin" not in shown and "emr:" not in shown
+    assert '"http://127.0.0.1:9/x"' in shown and "mongodb://db.example.org:27017/cloudmesh" in shown
+    assert "s3://bucket/a@b.txt" in shown  # an S3 key may hold '@'
+
+
+@pytest.fixture
+def leaky_environment(cm, monkeypatch):
+    """AWS_ENDPOINT_URL with credentials in it, at a port where nothing listens."""
+    port = free_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://admin:{SECRET}@127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return f"http://127.0.0.1:{port}"
+
+
+def test_credentials_in_aws_endpoint_url_are_refused_and_never_shown(leaky_environment, cm, cms,
+                                                                      caplog):
+    import logging
+
+    for args in (["list", "clusters"], ["describe", "j-ABCDEF"], ["start", "leak", "--count=1"],
+                 ["stop", "j-ABCDEF"], ["list", "steps", "j-ABCDEF", "--format=json"]):
+        result = cms(*args)
+        assert result.code == 2, result
+        assert "AWS_ENDPOINT_URL" in result.err and "not in the endpoint" in result.err
+        assert leaky_environment in result.err  # the URL, shown without them
+        assert SECRET not in result.out + result.err and "admin" not in result.err
+    with caplog.at_level(logging.DEBUG), service().test_client(base_url=BASE) as client:
+        answers = [client.get("/clusters"), client.get("/clusters/j-ABCDEF"),
+                   client.post("/clusters", json={"name": "leak"}),
+                   client.delete("/clusters/j-ABCDEF")]
+    for answer in answers:
+        assert problem_of(answer, 400)["detail"].startswith("the endpoint http://127.0.0.1:")
+        assert SECRET not in answer.text
+    assert SECRET not in caplog.text
+    assert SECRET not in everything_stored(cm)
+
+
+def test_credentials_that_reach_botocore_are_cut_from_its_errors(leaky_environment, cm, cms,
+                                                                 monkeypatch, caplog):
+    """Should credentials reach botocore some other way, its connection errors (which
+    repeat the whole URL) still show the URL without them: in the command's error, the
+    REST 502 body, the service log and the recorded action."""
+    import logging
+
+    from cloudmesh.emr.api.provider import Provider
+
+    monkeypatch.setattr(Provider, "_check_endpoint", lambda self, url: None)  # the way round
+    # a password urllib3 can parse, so that botocore does try to connect
+    monkeypatch.setenv("AWS_ENDPOINT_URL", leaky_environment.replace("//", f"//admin:{SECRET2}@"))
+    result = cms("stop", "j-ABCDEF")
+    assert result.code == 1, result
+    assert f'"{leaky_environment}/"' in result.err  # botocore's message, cut
+    assert SECRET2 not in result.out + result.err
+    [action] = cm.docs("aws", "action")
+    assert leaky_environment in action["Error"]["Message"]
+    with caplog.at_level(logging.DEBUG, logger="cloudmesh.emr.server"), \
+            service().test_client(base_url=BASE) as client:
+        answer = client.get("/clusters")
+    assert leaky_environment in problem_of(answer, 502)["detail"]
+    assert SECRET2 not in answer.text
+    assert leaky_environment in caplog.text and SECRET2 not in caplog.text
+    assert SECRET2 not in everything_stored(cm)
+
+
+def test_the_service_log_cuts_credentials_from_tracebacks_too(client, monkeypatch):
+    import io
+    import logging
+
+    from cloudmesh.emr.api import server
+    from cloudmesh.emr.api.provider import Provider
+
+    def broken(self, status=None):
+        raise RuntimeError(f"cannot reach http://admin:{SECRET}@127.0.0.1:1/")
+
+    monkeypatch.setattr(Provider, "list_clusters", broken)
+    output = io.StringIO()
+    handler = logging.StreamHandler(output)
+    handler.setFormatter(server.Redacting("%(message)s"))
+    server.LOG.addHandler(handler)
+    try:
+        answer = client.get("/clusters")
+    finally:
+        server.LOG.removeHandler(handler)
+    assert answer.status_code == 500 and SECRET not in answer.text
+    log = output.getvalue()
+    assert "Traceback" in log and "http://127.0.0.1:1/" in log and SECRET not in log
+
+
+# ---- secrets: configuration properties ---------------------------------------------------------
+
+
+def cluster_with_secrets(emr):
+    """A cluster started with boto3 whose Configurations hold a JDBC password and a
+    nested token, next to properties that are no secret."""
+    return emr.run_job_flow(
+        Name="hive", ReleaseLabel="emr-7.12.0",
+        Instances={"MasterInstanceType": "m5.xlarge", "InstanceCount": 1,
+                   "KeepJobFlowAliveWhenNoSteps": True},
+        Configurations=[{
+            "Classification": "hive-site",
+            "Properties": {"javax.jdo.option.ConnectionPassword": JDBC_PASSWORD,
+                           "javax.jdo.option.ConnectionURL": "jdbc:mysql://db.example.org/hive",
+                           "javax.jdo.option.ConnectionUserName": "hive"},
+            "Configurations": [{"Classification": "export",
+                                "Properties": {"DB_TOKEN": NESTED_TOKEN}}],
+        }, {"Classification": "spark-defaults",
+            "Properties": {"spark.hadoop.fs.s3a.Secret.Key": JDBC_PASSWORD,
+                           "spark.executor.memory": "2g"}}],
+        JobFlowRole="EMR_EC2_DefaultRole", ServiceRole="EMR_DefaultRole")["JobFlowId"]
+
+
+def no_secret(text):
+    return JDBC_PASSWORD not in text and NESTED_TOKEN not in text
+
+
+def test_secret_configuration_properties_appear_in_no_output_answer_or_document(emr, cm, cms,
+                                                                               client):
+    cluster_id = cluster_with_secrets(emr)
+    for fmt in (None, "table", "csv", "json", "yaml", "dict"):
+        result = cms("describe", cluster_id, *([f"--format={fmt}"] if fmt else []))
+        assert result.code == 0, result
+        assert no_secret(result.out + result.err), (fmt, result.out)
+    described = json.loads(cms("describe", cluster_id, "--format=json").out)
+    hive, spark = described["Configurations"]
+    assert hive["Properties"] == {"javax.jdo.option.ConnectionPassword": "********",
+                                  "javax.jdo.option.ConnectionURL": "jdbc:mysql://db.example.org/hive",
+                                  "javax.jdo.option.ConnectionUserName": "hive"}
+    assert hive["Configurations"][0]["Properties"] == {"DB_TOKEN": "********"}
+    assert spark["Properties"] == {"spark.hadoop.fs.s3a.Secret.Key": "********",
+                                   "spark.executor.memory": "2g"}
+    for path in (f"/clusters/{cluster_id}", "/clusters"):
+        answer = client.get(path)
+        assert answer.status_code == 200 and no_secret(answer.text), answer.text
+    assert client.get(f"/clusters/{cluster_id}").json()["Configurations"] == described["Configurations"]
+    [document] = cm.docs("aws", "cluster")
+    assert document["Configurations"] == described["Configurations"]
+    assert no_secret(everything_stored(cm))

@@ -79,8 +79,20 @@ def _dig(data, *keys):
 
 
 def check_endpoint(cloud, url):
-    """The endpoint URL if it is one (http[s]://host[:port][/path]), else UsageError."""
+    """The endpoint URL if it is one (http[s]://host[:port][/path]), else UsageError.
+
+    Credentials in it (``http://user:password@host/``) are refused: they would be
+    repeated in every connection error.
+    """
     from urllib.parse import urlsplit
+
+    from cloudmesh.emr.redaction import redact_url, userinfo
+
+    if userinfo(url):
+        raise UsageError(
+            f"cloudmesh.cloud.{cloud}.credentials.endpoint '{redact_url(url)}' holds a user or "
+            "password: put credentials under credentials:, not in the endpoint"
+        )
 
     try:
         parts = urlsplit(url)

@@ -2,8 +2,12 @@
 
 Every layer raises these; the command turns one into a single ``ERROR:`` line and
 its exit code, the REST service into an ``application/problem+json`` answer.
-Anything else that escapes is a defect, not a user's doing.
+Anything else that escapes is a defect, not a user's doing. A message never shows the
+userinfo of a URL (redaction.redact), whoever wrote it: botocore repeats whole endpoint
+URLs in its errors.
 """
+
+from cloudmesh.emr.redaction import redact
 
 
 class EmrError(Exception):
@@ -14,6 +18,7 @@ class EmrError(Exception):
     title = "Operation failed"
 
     def __init__(self, message, **detail):
+        message = redact(message)
         super().__init__(message)
         self.message = message
         self.detail = detail

@@ -19,6 +19,7 @@ from cloudmesh.emr.config import Settings
 from cloudmesh.emr.errors import (
     AwsError, Conflict, DatabaseError, EmrError, NotFound, UsageError, shorten, undecodable,
 )
+from cloudmesh.emr.redaction import mask, redact_url, userinfo
 
 CLUSTER_ID = re.compile(r"^j-[A-Za-z0-9]{1,64}$")
 RELEASE_LABEL = re.compile(r"^emr-\d+\.\d+\.\d+(-[A-Za-z0-9-]+)?$")
@@ -182,10 +183,20 @@ class Provider:
                 s3={"addressing_style": "path"} if self._endpoint else None,
             )
             with self._aws(f"connect to {service}"):
-                self._clients[service] = session.client(
-                    service, endpoint_url=self._endpoint, config=config
-                )
+                client = session.client(service, endpoint_url=self._endpoint, config=config)
+            self._check_endpoint(client.meta.endpoint_url)
+            self._clients[service] = client
         return self._clients[service]
+
+    def _check_endpoint(self, url):
+        """Refuse an endpoint with credentials in it from wherever boto3 took it
+        (AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_<SERVICE>, the AWS config file)."""
+        if userinfo(url):
+            where = next((name for name in sorted(os.environ)
+                          if name.startswith("AWS_ENDPOINT_URL") and userinfo(os.environ[name])),
+                         "the AWS config file")
+            raise UsageError(f"the endpoint {redact_url(url)} from {where} holds a user or "
+                             "password: put credentials under credentials:, not in the endpoint")
 
     @property
     def region(self):
@@ -241,9 +252,13 @@ class Provider:
     def _record(self, kind, records, cluster=None):
         """Record in the database; when it cannot take them, the database journals them
         (``self.journaled`` counts those, ``self.journal_error`` says why) and only a
-        journal that cannot be written either is ``self.database_error``."""
+        journal that cannot be written either is ``self.database_error``.
+
+        ``records`` are the ones the caller returns: secret properties are masked here
+        first, in place, so neither the database, the journal nor any output sees them."""
         from cloudmesh.emr.database import Journaled
 
+        mask(records)
         try:
             self.database.record(self.cloud, kind, records, cluster=cluster)
         except Journaled as journaled:

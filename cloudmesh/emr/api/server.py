@@ -771,12 +771,21 @@ def create_app(cloud=None, token=None, settings=None, host="127.0.0.1", port=808
     return app
 
 
+class Redacting(logging.Formatter):
+    """A log line (traceback included) without the userinfo of any URL in it."""
+
+    def format(self, record):
+        from cloudmesh.emr.redaction import redact
+
+        return redact(super().format(record))
+
+
 def _log_to_stderr():
     """The access log and the service's own log, on stderr, each line with its time."""
     if not any(getattr(h, "cloudmesh", False) for h in LOG.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.cloudmesh = True
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+        handler.setFormatter(Redacting("%(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
         LOG.addHandler(handler)  # ACCESS is a child of LOG
     LOG.setLevel(logging.INFO)
     LOG.propagate = False  # one line per request, whatever else configured logging

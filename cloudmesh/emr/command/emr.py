@@ -177,7 +177,9 @@ class EmrCommand(PluginCommand):
         except Exception as error:  # a defect: say so in one line, keep the trace on request
             if os.environ.get("CLOUDMESH_EMR_DEBUG"):
                 raise
-            warn(f"ERROR: unexpected {type(error).__name__}: {error} "
+            from cloudmesh.emr.redaction import redact
+
+            warn(f"ERROR: unexpected {type(error).__name__}: {redact(str(error))} "
                  "(set CLOUDMESH_EMR_DEBUG=1 to see where; please report it)")
             return 1
 
