@@ -179,3 +179,65 @@ def test_logs_before_emr_copied_them_say_so(emr, s3, cm, cms):
     step.end_date_time = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=2)
     result = cms("logs", cluster_id, step_id)
     assert result.code == 1 and "every few minutes" not in result.err
+
+
+# ---- the same over REST -------------------------------------------------------------------
+
+
+@pytest.fixture
+def client(emr):
+    from cloudmesh.emr.api.server import create_app
+
+    with create_app().test_client(base_url="http://127.0.0.1:8080") as test_client:
+        yield test_client
+
+
+def test_rest_serves_logs_and_the_stored_diagnosis_without_reading_s3_again(emr, s3, cm, client):
+    _, cluster_id, step_id = make_case(emr, s3, "s3-not-found")
+    log = client.get(f"/clusters/{cluster_id}/steps/{step_id}/logs/stderr", params={"tail": 1})
+    assert log.status_code == 200, log.text
+    assert log.headers["content-type"].startswith("text/plain")
+    assert "[PATH_NOT_FOUND]" in log.text and "Traceback" not in log.text
+    first = client.get(f"/clusters/{cluster_id}/steps/{step_id}/diagnosis")
+    assert first.status_code == 200, first.text
+    assert first.json()["Class"] == "s3-not-found" and not first.json().get("Stored")
+    # the logs are gone from S3: the answer now comes from the database
+    for key in [o["Key"] for o in s3.list_objects_v2(Bucket=LOG_BUCKET)["Contents"]]:
+        s3.delete_object(Bucket=LOG_BUCKET, Key=key)
+    again = client.get(f"/clusters/{cluster_id}/steps/{step_id}/diagnosis")
+    assert again.status_code == 200, again.text
+    assert again.json()["Stored"] is True
+    assert again.json()["Line"] == first.json()["Line"]
+    stored = cm.db["aws-emr-diagnosis"].find_one({"_id": f"aws/diagnosis/{step_id}"})
+    assert stored["Class"] == "s3-not-found" and stored["Excerpt"] == first.json()["Excerpt"]
+    actions = [d for d in cm.docs("aws", "action") if d["Action"] == "logs"]
+    assert [a["Target"] for a in actions] == [step_id]
+    gone = client.get(f"/clusters/{cluster_id}/steps/{step_id}/logs/stdout")
+    assert gone.status_code == 404 and "application/problem+json" in gone.headers["content-type"]
+
+
+def test_rest_adds_jar_and_streaming_steps(emr, cm, client):
+    cluster_id = run_job_flow(emr, "kinds")
+    jar = client.post(f"/clusters/{cluster_id}/steps", json={
+        "type": "jar", "bucket": "my-bucket", "key": "jobs/app.jar", "class": "com.example.Main",
+        "args": ["a"], "on_failure": "cancel"})
+    assert jar.status_code == 201, jar.text
+    stream = client.post(f"/clusters/{cluster_id}/steps", json={
+        "type": "streaming", "mapper": "s3://my-bucket/m.py", "reducer": "s3://my-bucket/r.py",
+        "input": ["s3://my-bucket/in/"], "output": "s3://my-bucket/out/"})
+    assert stream.status_code == 201, stream.text
+    steps = {s["Id"]: s for s in emr.list_steps(ClusterId=cluster_id)["Steps"]}
+    assert steps[jar.json()["StepId"]]["Config"]["Args"] == [
+        "spark-submit", "--class", "com.example.Main", "s3://my-bucket/jobs/app.jar", "a"]
+    assert steps[jar.json()["StepId"]]["ActionOnFailure"] == "CANCEL_AND_WAIT"
+    assert steps[jar.json()["StepId"]]["Name"] == "app.jar"
+    assert steps[stream.json()["StepId"]]["Config"]["Args"] == [
+        "hadoop-streaming", "-files", "s3://my-bucket/m.py,s3://my-bucket/r.py",
+        "-mapper", "m.py", "-reducer", "r.py", "-input", "s3://my-bucket/in/",
+        "-output", "s3://my-bucket/out/"]
+    for body, word in [({"type": "streaming", "mapper": "s3://my-bucket/m.py"}, "reducer"),
+                       ({"type": "spark", "bucket": "my-bucket", "key": "a.py", "class": "A"},
+                        "class"),
+                       ({"type": "jar", "bucket": "my-bucket", "key": "a.py"}, "a.py")]:
+        answer = client.post(f"/clusters/{cluster_id}/steps", json=body)
+        assert answer.status_code == 400 and word in answer.json()["detail"], answer.text

@@ -7,6 +7,7 @@ Most tests use connexion's test client on the app of create_app with in-process 
 """
 
 import datetime
+import gzip
 import http.client
 import io
 import itertools
@@ -167,6 +168,9 @@ def test_spec_is_valid_openapi_and_names_our_functions():
         ("DELETE", "/clusters/{cluster_id}"), ("GET", "/clusters/{cluster_id}/instances"),
         ("GET", "/clusters/{cluster_id}/steps"), ("POST", "/clusters/{cluster_id}/steps"),
         ("PUT", "/buckets/{bucket}/objects/{key}"),
+        ("DELETE", "/clusters/{cluster_id}/steps/{step_id}"),
+        ("GET", "/clusters/{cluster_id}/steps/{step_id}/logs/{file}"),
+        ("GET", "/clusters/{cluster_id}/steps/{step_id}/diagnosis"),
     }
     for op in operations.values():
         module, _, name = op["operationId"].rpartition(".")
@@ -438,7 +442,8 @@ def test_add_spark_and_copy_steps(client, emr, cm):
 
 
 @pytest.mark.parametrize("body, words", [
-    ({"type": "hive", "bucket": "data-bucket", "key": "q.sql"}, ["hive", "spark", "copy"]),
+    ({"type": "hive", "bucket": "data-bucket", "key": "q.sql"}, ["hive", "spark", "copy", "jar",
+                                                                 "streaming"]),
     ({"type": "copy", "bucket": "data-bucket", "key": "a", "args": ["x"]}, ["args"]),
     ({"type": "spark", "bucket": "Not_A_Bucket", "key": "a.py"}, ["Not_A_Bucket"]),
     ({"type": "spark", "bucket": "data-bucket"}, ["key"]),
@@ -955,10 +960,17 @@ def test_schemathesis_finds_no_server_error_and_no_nonconforming_answer(emr, s3,
     set_cluster(waiting, state="WAITING")
     protected = run_job_flow(emr, "protected", protected=True)
     doomed = run_job_flow(emr, "doomed")
-    emr.add_job_flow_steps(JobFlowId=waiting, Steps=[{
+    step = emr.add_job_flow_steps(JobFlowId=waiting, Steps=[{
         "Name": "s", "ActionOnFailure": "CONTINUE",
-        "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}}])
+        "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}}])["StepIds"][0]
     s3.put_object(Bucket="data-bucket", Key="jobs/a.py", Body=b"print(1)")
+    # the step has ended and its logs are where EMR puts them, so the step operations succeed
+    cluster = moto_emr().clusters[waiting]
+    cluster.log_uri = "s3://data-bucket/logs/"
+    next(s for s in cluster.steps if s.id == step).state = "COMPLETED"
+    for name in ("stderr", "stdout", "controller", "syslog"):
+        s3.put_object(Bucket="data-bucket", Key=f"logs/{waiting}/steps/{step}/{name}.gz",
+                      Body=gzip.compress(b"a line\n"))
 
     app = create_app(token=TOKEN, host="0.0.0.0")
     host = {"Host": "127.0.0.1:8080"}  # the service's own address: anything else is a 400
@@ -986,6 +998,9 @@ def test_schemathesis_finds_no_server_error_and_no_nonconforming_answer(emr, s3,
                     if "cluster_id" in case.path_parameters:
                         targets = known.get(case.method.upper(), [waiting, protected])
                         case.path_parameters["cluster_id"] = targets[next(turn) % 2]
+                    if "step_id" in case.path_parameters:
+                        case.path_parameters["cluster_id"] = waiting
+                        case.path_parameters["step_id"] = step
                     if "bucket" in case.path_parameters:
                         case.path_parameters["bucket"] = "data-bucket"
                 response = case.call(headers=headers)

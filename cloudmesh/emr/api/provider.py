@@ -667,9 +667,7 @@ class Provider:
         emr = self.client("emr")
         states = {}
         for step_id in step_ids:
-            with self._aws(f"describe step {step_id} of {cluster_id}"):
-                step = emr.describe_step(ClusterId=cluster_id, StepId=step_id)["Step"]
-            states[step_id] = step["Status"]["State"]
+            states[step_id] = self.describe_step(cluster_id, step_id)["Status"]["State"]
         live = [s for s in step_ids if states[s] not in vocabulary.STEP_ENDED]
         answers = {}
         if live:
@@ -705,7 +703,10 @@ class Provider:
         check_step_id(step_id)
         emr = self.client("emr")
         with self._aws(f"describe step {step_id} of {cluster_id}"):
-            step = utc(emr.describe_step(ClusterId=cluster_id, StepId=step_id)["Step"])
+            step = utc(emr.describe_step(ClusterId=cluster_id, StepId=step_id).get("Step"))
+        if not step or not step.get("Status"):  # some endpoints answer {} for an unknown step
+            raise NotFound(f"cluster {cluster_id} has no step {step_id} "
+                           f"(see 'cms emr list steps {cluster_id}')")
         step["ClusterId"] = cluster_id
         return step
 
@@ -714,7 +715,7 @@ class Provider:
         uri = cluster.get("LogUri")
         where = split_s3_uri(uri or "")
         if not where:
-            raise EmrError(
+            raise NotFound(
                 f"cluster {cluster['Id']} keeps no logs: it was started without a LogUri. "
                 "Start clusters with --loguri=s3://BUCKET/logs/, or set "
                 "cloudmesh.emr.default.loguri in cloudmesh.yaml so every new cluster gets one"
@@ -777,15 +778,24 @@ class Provider:
         tail = check_tail(tail)
         cluster = self._describe(cluster_id)
         step = self.describe_step(cluster_id, step_id)
-        bucket, root = self._log_root(cluster)
-        base = f"{root}steps/{step_id}/"
-        keys = self._step_log_keys(bucket, base, file)
-        if not keys:
-            raise self._no_log_yet(step, f"s3://{bucket}/{base}{file}.gz")
-        text = self._read_logs(bucket, keys, most=None)
+        request = {"ClusterId": cluster_id, "StepId": step_id, "File": file,
+                   **({"Tail": tail} if tail is not None else {})}
+        try:
+            bucket, root = self._log_root(cluster)
+            base = f"{root}steps/{step_id}/"
+            keys = self._step_log_keys(bucket, base, file)
+            if not keys:
+                raise self._no_log_yet(step, f"s3://{bucket}/{base}{file}.gz")
+            text = self._read_logs(bucket, keys, most=None)
+        except EmrError as error:
+            self._action("logs", step_id, cluster=cluster_id, request=request, error=error)
+            raise
         if tail is not None:
             lines = text.splitlines()
             text = "\n".join(lines[-tail:] if tail else [])
+        self._action("logs", step_id, cluster=cluster_id, request=request,
+                     response={"Logs": [f"s3://{bucket}/{key}" for key in keys],
+                               "Characters": len(text)})
         return text
 
     @staticmethod

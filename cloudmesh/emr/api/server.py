@@ -165,16 +165,65 @@ def stop_cluster(cluster_id):
     return _answer(provider, {"ClusterId": cluster_id, "Action": action}, 202)
 
 
+# the fields each type of step takes, besides its type
+STEP_FIELDS = {
+    "spark": ({"bucket", "key"}, {"args", "name", "on_failure"}),
+    "jar": ({"bucket", "key"}, {"args", "name", "on_failure", "class"}),
+    "streaming": ({"mapper", "reducer", "input", "output"}, {"name", "on_failure"}),
+    "copy": ({"bucket", "key"}, set()),
+}
+
+
 def add_step(cluster_id, body):
     provider = _service().provider()
-    if body["type"] == "copy" and "args" in body:
-        raise UsageError("args: a copy step takes no arguments; args are for type spark")
-    if body["type"] == "spark":
-        action = provider.run(cluster_id, body["bucket"], body["key"], body.get("args") or [])
+    kind = body["type"]
+    needed, optional = STEP_FIELDS[kind]
+    given = set(body) - {"type"}
+    missing = sorted(needed - given)
+    if missing:
+        raise UsageError(f"{', '.join(missing)}: a {kind} step needs "
+                         f"{', '.join(sorted(needed))}")
+    extra = sorted(given - needed - optional)
+    if extra:
+        takes = [name for name, (need, opt) in STEP_FIELDS.items() if extra[0] in need | opt]
+        raise UsageError(f"{extra[0]}: a {kind} step takes no {extra[0]}; "
+                         f"{extra[0]} is for type {' or '.join(takes) or 'none'}")
+    options = {"name": body.get("name"), "on_failure": body.get("on_failure")}
+    if kind == "spark":
+        action = provider.run(cluster_id, body["bucket"], body["key"], body.get("args") or [],
+                              **options)
+    elif kind == "jar":
+        if not body["key"].lower().endswith(".jar"):
+            raise UsageError(f"key: '{body['key']}' is not a .jar; use type spark for a "
+                             "Python program")
+        action = provider.run(cluster_id, body["bucket"], body["key"], body.get("args") or [],
+                              main_class=body.get("class"), **options)
+    elif kind == "streaming":
+        action = provider.stream(cluster_id, body["mapper"], body["reducer"], body["input"],
+                                 body["output"], **options)
     else:
         action = provider.copy(cluster_id, body["bucket"], body["key"])
     return _answer(provider, {"StepId": action["Target"], "ClusterId": cluster_id,
                               "Action": action}, 201)
+
+
+def cancel_step(cluster_id, step_id):
+    provider = _service().provider()
+    action = provider.cancel(cluster_id, [step_id])[0]
+    return _answer(provider, {"ClusterId": cluster_id, "StepId": step_id, "Action": action}, 202)
+
+
+def step_log(cluster_id, step_id, file, tail=None):
+    provider = _service().provider()
+    text = provider.logs(cluster_id, step_id, file=file, tail=tail)
+    if provider.database_error is not None:
+        raise Unrecorded(provider.database_error, text)
+    return text, 200, {"Content-Type": "text/plain"}
+
+
+def step_diagnosis(cluster_id, step_id):
+    provider = _service().provider()
+    return _answer(provider, provider.diagnosis(cluster_id, step_id))
 
 
 class _Raw(io.RawIOBase):
