@@ -70,9 +70,14 @@ DAMAGES = {
     "pid-0": lambda foreign: '{"pid": 0, "host": "127.0.0.1", "port": 1}',
     "pid-minus-1": lambda foreign: '{"pid": -1, "host": "127.0.0.1", "port": 1}',
 }
+# the right pid, but nothing about where the server listens (a file from a bad editor)
+NO_ADDRESS = "no-address"
 
 
-def damage(path, how, foreign):
+def damage(path, how, foreign, pid=None):
+    if how == NO_ADDRESS:
+        path.write_text(json.dumps({"pid": pid, "port": "x"}))
+        return
     text = DAMAGES[how](foreign)
     if text is None:
         path.unlink(missing_ok=True)
@@ -157,7 +162,7 @@ def in_embedded(embedded, monkeypatch):
     return embedded
 
 
-@pytest.mark.parametrize("how", sorted(DAMAGES))
+@pytest.mark.parametrize("how", [*sorted(DAMAGES), NO_ADDRESS])
 def test_db_commands_work_while_the_state_file_is_damaged(in_embedded, cms, how, foreign):
     """The server runs; its server.json is damaged. Status tells the truth, the file is
     written again from the process table, a command records its results, start does not
@@ -168,7 +173,7 @@ def test_db_commands_work_while_the_state_file_is_damaged(in_embedded, cms, how,
 
     folder, server, state = in_embedded
     log_before = server.log.read_text()
-    damage(server.state_file, how, foreign)
+    damage(server.state_file, how, foreign, state["pid"])
 
     status = cms("db", "status", "--format=json")
     assert status.code == 0, status.err
@@ -179,7 +184,7 @@ def test_db_commands_work_while_the_state_file_is_damaged(in_embedded, cms, how,
     assert "ERROR" not in status.err
     assert json.loads(server.state_file.read_text())["pid"] == state["pid"]
 
-    damage(server.state_file, how, foreign)
+    damage(server.state_file, how, foreign, state["pid"])
     again = cms("db", "start")
     assert again.code == 0, again.err
     assert f"already running at 127.0.0.1:{state['port']} (pid {state['pid']})" in again.out
@@ -188,7 +193,7 @@ def test_db_commands_work_while_the_state_file_is_damaged(in_embedded, cms, how,
 
     if how not in AWS_TOO:
         return
-    damage(server.state_file, how, foreign)
+    damage(server.state_file, how, foreign, state["pid"])
     with mock_aws():
         cid = run_job_flow(boto3.client("emr", region_name="us-east-1"), f"damaged-{how}")
         listed = cms("list", "clusters", "--format=json")
@@ -308,11 +313,11 @@ def in_daemon(daemon, monkeypatch):
 
 
 @pytest.mark.parametrize("how", ["deleted", "truncated", "garbage", "null-pid", "stale-pid",
-                                 "foreign-pid", "pid-minus-1"])
+                                 "foreign-pid", "pid-0", "pid-minus-1", NO_ADDRESS])
 def test_local_status_and_cloud_local_while_daemon_json_is_damaged(in_daemon, cms, how,
                                                                    foreign):
     folder, state, info = in_daemon
-    damage(state / "daemon.json", how, foreign)
+    damage(state / "daemon.json", how, foreign, info["Pid"])
     status = cms("local", "status", "--format=json")
     assert status.code == 0, status.err
     found = json.loads(status.out)
@@ -322,7 +327,7 @@ def test_local_status_and_cloud_local_while_daemon_json_is_damaged(in_daemon, cm
     rebuilt = json.loads((state / "daemon.json").read_text())
     assert rebuilt["pid"] == info["Pid"] and rebuilt["endpoint"] == info["Endpoint"]
 
-    damage(state / "daemon.json", how, foreign)
+    damage(state / "daemon.json", how, foreign, info["Pid"])
     listed = cms("list", "clusters", "--cloud=local", "--format=json")
     assert listed.code == 0, listed.err
     assert isinstance(json.loads(listed.out), list)

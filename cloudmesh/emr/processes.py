@@ -100,6 +100,10 @@ def valid_pid(pid):
     return isinstance(pid, int) and not isinstance(pid, bool) and pid >= 2
 
 
+def valid_port(port):
+    return isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536
+
+
 # ---- locks ---------------------------------------------------------------------------
 
 
@@ -284,6 +288,17 @@ class Server:
         if state is not None:
             process = self.process(state["pid"])
             if process is not None:
+                if not state.get("host") or not valid_port(state.get("port")):
+                    # our server, but the file lost where it listens: the sockets tell
+                    rebuilt = self._rebuild(process)
+                    state = {**rebuilt, **{k: v for k, v in state.items() if v is not None},
+                             "host": rebuilt["host"], "port": rebuilt["port"]}
+                    if save and self._save_if_idle(state):
+                        self.warnings.append(
+                            f"the state file {self.state_file} did not say where {self.name} "
+                            f"(pid {process.pid}) listens; read it from the process table "
+                            "and wrote the file again"
+                        )
                 return state, process
             problem = f"names pid {state['pid']}, which is not {self.name} serving {self.folder}"
         found = self.find()
