@@ -45,8 +45,11 @@ def s3_client():
 
     from cloudmesh.emr.local import control
 
-    return boto3.client("s3", endpoint_url=control.require_endpoint(), region_name="us-east-1",
-                        aws_access_key_id="local", aws_secret_access_key="local")
+    env = control.env()  # the endpoint and the emulator's own credentials
+    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"],
+                        region_name=env["AWS_DEFAULT_REGION"],
+                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
 
 
 def wait_for_step(cluster, step, limit=300):

@@ -5,7 +5,8 @@ cloudmesh.emr.local.daemon``, on 127.0.0.1 at a free port with a 0.2 s transitio
 delay and its own state folder, and stops it by its PID at the end. Use
 ``emulator.client("emr")`` / ``emulator.client("s3")`` for boto3 against it, and
 ``emulator.profile()`` for the ``cloudmesh.cloud`` block of a cloudmesh.yaml whose
-cloud ``local`` points at it.
+cloud ``local`` points at it. Both sign with the daemon's own credentials
+(``emulator.credentials``, read from its state folder): it refuses anything else.
 """
 
 import json
@@ -50,6 +51,15 @@ class Emulator:
     log: Path
     process: subprocess.Popen = field(repr=False, default=None)
 
+    @property
+    def credentials(self):
+        """The daemon's own access key id and secret (from its state folder)."""
+        from cloudmesh.emr.local import credentials
+
+        pair = credentials.read(self.state_dir)
+        assert pair is not None, f"no credentials in {self.state_dir}"
+        return pair
+
     def client(self, service, **config):
         import boto3
         from botocore.config import Config
@@ -60,11 +70,13 @@ class Emulator:
         options.update(config)
         return boto3.session.Session().client(
             service, endpoint_url=self.endpoint, region_name="us-east-1",
-            aws_access_key_id="local", aws_secret_access_key="local", config=Config(**options))
+            **self.credentials.boto(), config=Config(**options))
 
     def profile(self, name="local"):
         """The ``cloudmesh.cloud`` entries of a cloudmesh.yaml pointing at this emulator."""
-        return {name: {"credentials": {"EC2_ACCESS_ID": "local", "EC2_SECRET_KEY": "local",
+        pair = self.credentials
+        return {name: {"credentials": {"EC2_ACCESS_ID": pair.access_key_id,
+                                       "EC2_SECRET_KEY": pair.secret_access_key,
                                        "region": "us-east-1", "endpoint": self.endpoint}}}
 
     def env(self):

@@ -170,16 +170,27 @@ def test_cloudmeshs_own_aws_profile_keys_are_accepted(folder):
     assert session["aws_access_key_id"] == "AKID" and session["region_name"] == "us-west-2"
 
 
-def test_the_local_cloud_has_stand_in_credentials(folder):
+def test_the_local_cloud_signs_with_the_emulators_own_credentials(folder):
+    from cloudmesh.emr.local import credentials
+
     write(folder, {"cloudmesh": {"cloud": {"local": {"credentials": {
         "endpoint": "http://127.0.0.1:5998", "region": "eu-west-1"}}}}})
     settings = Settings.load()
-    block = settings.credentials("local")
-    assert block["EC2_ACCESS_ID"] and block["EC2_SECRET_KEY"]
-    assert block["region"] == "eu-west-1"  # the profile wins over the stand-ins
     session, endpoint = settings.boto_options("local")
     assert endpoint == "http://127.0.0.1:5998"
-    assert session["region_name"] == "eu-west-1"
+    assert session == {"region_name": "eu-west-1"}  # no emulator keys yet: boto3's chain
+    state = folder / "emr" / "local"
+    state.mkdir(parents=True)
+    pair, reused = credentials.ensure(state)
+    assert not reused and credentials.ensure(state) == (pair, True)
+    assert (state / "credentials.json").stat().st_mode & 0o777 == 0o600
+    session, _ = settings.boto_options("local")
+    assert session == {"region_name": "eu-west-1", **pair.boto()}
+    assert pair.secret_access_key not in repr(pair)
+    # a file that others may read is not trusted: the daemon makes a new pair
+    (state / "credentials.json").chmod(0o644)
+    assert credentials.read(state) is None
+    assert credentials.ensure(state)[0] != pair
 
 
 def test_local_delay_from_the_environment(folder, monkeypatch):

@@ -565,8 +565,11 @@ def test_control_start_status_stop_and_a_missing_pyspark(tmp_path, monkeypatch):
 
         import boto3
 
+        keys = control.env()  # the daemon's own credentials: it refuses any other
+        keys = {"aws_access_key_id": keys["AWS_ACCESS_KEY_ID"],
+                "aws_secret_access_key": keys["AWS_SECRET_ACCESS_KEY"]}
         emr = boto3.client("emr", endpoint_url=started["Endpoint"], region_name="us-east-1",
-                           aws_access_key_id="local", aws_secret_access_key="local")
+                           **keys)
         cluster_id = emr.run_job_flow(**cluster_spec("control"))["JobFlowId"]
         [step_id] = emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[
             spark_step("s3://nowhere/job.py")])["StepIds"]
@@ -587,7 +590,7 @@ def test_control_start_status_stop_and_a_missing_pyspark(tmp_path, monkeypatch):
         fake.write_text(FAKE_SPARK_SUBMIT)
         fake.chmod(0o755)
         s3 = boto3.client("s3", endpoint_url=started["Endpoint"], region_name="us-east-1",
-                          aws_access_key_id="local", aws_secret_access_key="local")
+                          **keys)
         s3.create_bucket(Bucket="jobs")
         s3.put_object(Bucket="jobs", Key="job.py", Body=b"print('never runs')\n")
         [running_id] = emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[
@@ -791,8 +794,10 @@ def test_cms_local_start_status_stop_and_cloud_local_without_a_profile(
         cluster_id = re.search(r"\bj-[A-Z0-9]+\b", made.out).group(0)
         import boto3
 
+        from cloudmesh.emr.local import credentials
+
         emr = boto3.client("emr", endpoint_url=endpoint, region_name="us-east-1",
-                           aws_access_key_id="local", aws_secret_access_key="local")
+                           **credentials.read(state).boto())
         wait_for(lambda: emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"][
             "State"] == "WAITING", 30, what="WAITING")
         status = json.loads(cms_process("emr", "local", "status", "--format=json").out)

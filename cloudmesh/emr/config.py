@@ -56,8 +56,8 @@ CLOUDMESH_CREDENTIAL_KEYS = ("EC2_SECURITY_GROUP", "EC2_PRIVATE_KEY_FILE_PATH",
                              "EC2_PRIVATE_KEY_FILE_NAME")
 KEY_PAIR = ("EC2_ACCESS_ID", "EC2_SECRET_KEY")
 
-# the emulator accepts any key; these only keep botocore from looking elsewhere
-LOCAL_CREDENTIALS = {"EC2_ACCESS_ID": "local", "EC2_SECRET_KEY": "local", "region": "us-east-1"}
+# the emulator's region; its keys are its own, read from its state folder (local/credentials.py)
+LOCAL_CREDENTIALS = {"region": "us-east-1"}
 
 
 def config_dir():
@@ -215,7 +215,8 @@ class Settings:
 
         Only keys that are set are returned, so boto3's own chain fills the rest.
         For the local cloud the endpoint is the running emulator's unless the
-        profile names one.
+        profile names one, and the keys are the emulator's own (kept in its state
+        folder) unless the profile names them.
         """
         block = self.credentials(cloud)
         session = {}
@@ -229,6 +230,12 @@ class Settings:
             from cloudmesh.emr.local import control
 
             endpoint = control.require_endpoint()
+        if cloud == LOCAL and "aws_access_key_id" not in session:
+            from cloudmesh.emr.local import credentials
+
+            pair = credentials.read(state_dir(LOCAL))
+            if pair is not None:
+                session.update(pair.boto())
         return session, (check_endpoint(cloud, str(endpoint)) if endpoint else None)
 
     # ---- database ---------------------------------------------------------------

@@ -68,6 +68,7 @@ class EmrCommand(PluginCommand):
           emr local start [--port=PORT]
           emr local status [--format=FORMAT]
           emr local stop [--force]
+          emr local env [--format=FORMAT]
           emr server start [--host=HOST] [--port=PORT] [--cloud=CLOUD]
           emr -h | --help
           emr --version
@@ -90,7 +91,8 @@ class EmrCommand(PluginCommand):
           --type=TYPE      instance group: all, master, core, task [default: all]
           --state=STATE    steps: all, pending, canceling, running, completed,
                            cancelled, failed, interrupted [default: all]
-          --format=FORMAT  table (the default), csv, json, yaml or dict
+          --format=FORMAT  table (the default), csv, json, yaml or dict;
+                           local env prints shell export lines unless given
           --cloud=CLOUD    a cloud of cloudmesh.yaml; aws (the default) uses
                            boto3's own credentials; local is the emulator
           --master=MASTER  instance type of the master node (m5.xlarge)
@@ -473,7 +475,17 @@ class EmrCommand(PluginCommand):
             info = control.start(port=port, delay=Settings.load().local_delay())
             verb = "already running" if info.get("AlreadyRunning") else "started"
             say(f"local EMR emulator {verb} at {info['Endpoint']} (pid {info['Pid']})")
-            say(f"use it with --cloud=local, or: aws emr list-clusters --endpoint-url {info['Endpoint']}")
+            say("use it with --cloud=local; for the AWS CLI, boto3 and other clients: "
+                'eval "$(cms emr local env)"')
+        elif a["env"]:
+            variables = control.env()
+            if a["--format"] is None:
+                import shlex
+
+                say("\n".join(f"export {name}={shlex.quote(value)}"
+                               for name, value in variables.items()))
+            else:
+                say(printer.render_one(variables, fmt))
         elif a["status"]:
             info = control.status()
             clusters = info.get("Clusters") or {}

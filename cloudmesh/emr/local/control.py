@@ -66,16 +66,22 @@ def _started(data):
         return None
 
 
-def _client(service, endpoint):
+def _client(service, endpoint, state=None):
+    """A boto3 client of the emulator at ``endpoint``, signing with its credentials."""
     import boto3
     from botocore.config import Config
 
+    from cloudmesh.emr.local import credentials
+
+    pair = credentials.read(_state(state))
+    if pair is None:
+        raise EmrError(f"the local emulator's credentials are missing from {_state(state)}: "
+                       "restart it with 'cms emr local stop --force' and 'cms emr local start'")
     return boto3.session.Session().client(
         service,
         endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="local",
-        aws_secret_access_key="local",
+        region_name=credentials.REGION,
+        **pair.boto(),
         config=Config(
             retries={"max_attempts": 2, "mode": "standard"},
             connect_timeout=5,
@@ -134,6 +140,29 @@ def require_endpoint(state=None):
     if not url:
         raise EmrError(NOT_RUNNING)
     return url
+
+
+def env(state=None):
+    """What another client needs to use the running emulator: the AWS_* variables.
+
+    {AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION};
+    EmrError when the emulator is not running. The one place the secret is handed
+    out, because the user asks for it.
+    """
+    from cloudmesh.emr.local import credentials
+
+    state = _state(state)
+    url = require_endpoint(state)
+    pair = credentials.read(state)
+    if pair is None:
+        raise EmrError(f"the local emulator at {url} keeps no valid credentials in {state}: "
+                       "restart it with 'cms emr local stop --force' and 'cms emr local start'")
+    return {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": pair.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": pair.secret_access_key,
+        "AWS_DEFAULT_REGION": credentials.REGION,
+    }
 
 
 def start(port=None, delay=None, state=None):
@@ -233,8 +262,8 @@ def status(state=None):
         Delay=data.get("delay"),
     )
     try:
-        clusters = _clusters(data["endpoint"])
-        emr = _client("emr", data["endpoint"])
+        clusters = _clusters(data["endpoint"], state)
+        emr = _client("emr", data["endpoint"], state)
         steps_running = sum(
             len(_steps(emr, cluster["Id"], ["RUNNING"]))
             for cluster in clusters
@@ -281,7 +310,7 @@ def _stop(force, state, daemon):
     kept = f"kept {EVERYTHING} in {state} for the next 'cms emr local start'"
     if url and port_answers(data.get("port")):
         try:
-            clusters = _clusters(url)
+            clusters = _clusters(url, state)
         except Exception as error:  # botocore's errors, without importing botocore here
             if not force:
                 raise AwsError(
@@ -297,7 +326,8 @@ def _stop(force, state, daemon):
                     f"{', '.join(sorted(active))}; {ENDS_ACTIVE}: stop them with "
                     f"'cms emr stop CLUSTERID', or use 'cms emr local stop --force'"
                 )
-            kept = f"kept {_kept(url, clusters)} in {state} for the next 'cms emr local start'"
+            kept = (f"kept {_kept(url, clusters, state)} in {state} "
+                    "for the next 'cms emr local start'")
             if active:
                 kept += f"; its {len(active)} active cluster(s) come back TERMINATED"
     processes.terminate([process], STOP_TIMEOUT)  # checked to be ours by locate()
@@ -308,8 +338,8 @@ def _stop(force, state, daemon):
 # ---- helpers of status and stop ------------------------------------------------------
 
 
-def _clusters(url):
-    emr = _client("emr", url)
+def _clusters(url, state=None):
+    emr = _client("emr", url, state)
     return [c for page in emr.get_paginator("list_clusters").paginate() for c in page["Clusters"]]
 
 
@@ -320,12 +350,12 @@ def _steps(emr, cluster_id, states=None):
     return [s for page in emr.get_paginator("list_steps").paginate(**kwargs) for s in page["Steps"]]
 
 
-def _kept(url, clusters):
+def _kept(url, clusters, state=None):
     """What the daemon keeps as it stops, counted: clusters, steps, buckets and objects."""
     try:
-        emr = _client("emr", url)
+        emr = _client("emr", url, state)
         steps = sum(len(_steps(emr, c["Id"])) for c in clusters)
-        s3 = _client("s3", url)
+        s3 = _client("s3", url, state)
         buckets = [b["Name"] for b in s3.list_buckets().get("Buckets", [])]
         objects = 0
         for bucket in buckets:

@@ -13,6 +13,11 @@ processes it started, stops serving, saves its S3 objects and its clusters and s
 in the state folder (``persist.py``; active clusters are ended as the stop ends them)
 and removes that file. The next daemon of that folder starts with them.
 
+Only its user gets in: at start it makes (or reuses) its own access key id and
+secret in ``<state dir>/credentials.json`` (mode 0600), and answers only requests
+signed with them, for Host 127.0.0.1:PORT or localhost:PORT, without any CORS
+header (``guard.py``). ``cms emr local env`` prints them for other clients.
+
 Environment: CLOUDMESH_EMR_LOCAL_SPARK_SUBMIT names a spark-submit to use instead of
 pyspark's own (read when a step starts); JAVA_HOME / PATH locate java.
 """
@@ -93,6 +98,23 @@ def start_server(host, port):
     return server, None
 
 
+def secure(state_dir):
+    """The daemon's credentials, and every moto server it starts behind the guard.
+
+    A valid pair already kept in the state folder is reused (so that shells set up
+    with ``cms emr local env`` keep working after a restart); else a new one is
+    made. The secret is never logged.
+    """
+    from cloudmesh.emr.local import credentials, guard
+
+    pair, reused = credentials.ensure(state_dir)
+    guard.install(pair)
+    log.info("%s access key %s (kept in %s); every request must be signed with it",
+             "reusing the" if reused else "made the new", pair.access_key_id,
+             credentials.path(state_dir))
+    return pair
+
+
 def serve(host, port, state_dir, delay):
     """Run until SIGTERM/SIGINT; return the exit code."""
     state_dir = Path(state_dir)
@@ -117,11 +139,13 @@ def serve(host, port, state_dir, delay):
     os.environ["no_proxy"] = os.environ["NO_PROXY"]
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
+    pair = secure(state_dir)
+
     from cloudmesh.emr.local import model
     from cloudmesh.emr.local.engine import Engine
     from cloudmesh.emr.local.steps import Runner
 
-    runner = Runner(None, state_dir)
+    runner = Runner(None, state_dir, credentials=pair)
     engine = Engine(delay, runner.launch)
     model.register(engine)  # before the first request
     from cloudmesh.emr.local import persist

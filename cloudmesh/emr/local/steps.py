@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 SPARK_SUBMIT_ENV = "CLOUDMESH_EMR_LOCAL_SPARK_SUBMIT"  # another spark-submit to use
 INSTALL_PYSPARK = "pip install 'cloudmesh-emr[local]'"
-LOCAL_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
 GRACE = 5.0  # seconds between SIGTERM and SIGKILL when a step is stopped
 INSTALL_JAVA = (
     "install Java 17 (for example OpenJDK 17), put its java on PATH or set JAVA_HOME, "
@@ -83,8 +82,9 @@ exec "$CLOUDMESH_EMR_PYTHON" "$@"
 class Runner:
     """What every step run shares: the endpoint, the state folder, S3 clients."""
 
-    def __init__(self, endpoint, state_dir, region="us-east-1"):
+    def __init__(self, endpoint, state_dir, region="us-east-1", credentials=None):
         self.endpoint = endpoint
+        self.credentials = credentials  # the daemon's own (credentials.Credentials)
         self.clusters_dir = Path(state_dir) / "clusters"
         self.region = region
         self._clients = {}
@@ -114,7 +114,8 @@ class Runner:
                 import boto3
                 from botocore.config import Config
 
-                session = boto3.session.Session(region_name=self.region, **LOCAL_CREDENTIALS)
+                session = boto3.session.Session(region_name=self.region,
+                                                **self.credentials.boto())
                 client = session.client(
                     service,
                     endpoint_url=self.endpoint,
