@@ -7,7 +7,7 @@ EXTRAS ?= test,local,server
 # the AWS CLI v1 from PyPI, in a venv of its own: it pins its own botocore
 AWSCLI_VENV ?= .venv-awscli
 
-.PHONY: install test demo bench clean
+.PHONY: install awscli test demo bench clean
 
 install: $(VENV)/.installed
 
@@ -17,7 +17,7 @@ $(VENV)/.installed: setup.py
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
-test: install
+test: install awscli
 	$(BIN)/python -m pytest
 
 demo: install
@@ -29,6 +29,8 @@ bench: install $(AWSCLI_VENV)/bin/aws
 $(AWSCLI_VENV)/bin/aws:
 	test -x $(AWSCLI_VENV)/bin/python || $(PYTHON) -m venv $(AWSCLI_VENV)
 	$(AWSCLI_VENV)/bin/python -m pip install --quiet awscli
+
+awscli: $(AWSCLI_VENV)/bin/aws
 
 .venv-awscli: $(AWSCLI_VENV)/bin/aws
 

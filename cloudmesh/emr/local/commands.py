@@ -6,10 +6,17 @@ runner (``steps.py``) carries out. Two commands are supported, the two that
 
 * ``spark-submit [OPTIONS] APP [ARGS]``: rewritten to run pyspark's own spark-submit
   with ``--master local[*]`` on 127.0.0.1. Every ``s3://bucket/key`` in an argument
-  becomes a path in a local mirror of the emulated S3, and ``/home/hadoop/...``
-  becomes a path in the cluster's master folder.
+  becomes a path in a local mirror of the emulated S3, ``/home/hadoop/...``
+  becomes a path in the cluster's master folder, and what EMR ships (``SHIPPED``,
+  e.g. ``/usr/lib/spark/examples/...``) a path in the installed pyspark.
 * ``aws s3 cp [--recursive] SOURCE DEST``: copies between the emulated S3 and the
   cluster's master folder (``/home/hadoop/`` maps into it).
+
+Steps stay inside the emulated cluster: the application and the files of
+``--py-files``, ``--files``, ``--jars``, ``--archives`` and ``--properties-file`` must
+be S3 objects or paths the cluster has (above); any other local path (``~/x.py``,
+``/etc/passwd``, ``file:///...``, ``../../x``) fails the step before anything runs,
+because that file does not exist on the cluster.
 """
 
 import posixpath
@@ -18,6 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HOME = "/home/hadoop"  # the master node's home folder, as steps name it
+STEP_CWD = "/mnt/var/lib/hadoop/steps/step"  # where a step's relative paths start, as on EMR
+
+# folders EMR ships on every node -> the installed Python package whose files stand
+# for them (read only): /usr/lib/spark/examples/src/main/python/pi.py is pyspark's
+SHIPPED = {"/usr/lib/spark": "pyspark"}
+
+# URL schemes that name a local file (Spark's own local: too); others are not files here
+LOCAL_SCHEMES = ("file://", "local://")
 
 # s3://, s3a:// and s3n:// all name S3 on EMR; bucket names are DNS-like
 S3_URI = re.compile(r"\bs3[an]?://([A-Za-z0-9][A-Za-z0-9._-]*)(/[^\s,;]*)?")
@@ -89,6 +104,32 @@ def master_path(master, path):
     return Path(master) / emulated.lstrip("/")
 
 
+def cluster_path(path, master, shipped=None, cwd=STEP_CWD):
+    """The local file that stands for ``path`` on the cluster, or None if it has none.
+
+    ``path`` is absolute or relative to ``cwd`` (the step's folder on the master);
+    under ``/home/hadoop`` it lies in the ``master`` folder, under a ``shipped``
+    folder ({emulated prefix: local folder}) in that local folder; anywhere else the
+    cluster has no such file.
+    """
+    emulated = posixpath.normpath(posixpath.join(cwd, path))
+    if emulated == HOME or emulated.startswith(HOME + "/"):
+        return Path(master) / emulated.lstrip("/")
+    for prefix, folder in (shipped or {}).items():
+        if folder and (emulated == prefix or emulated.startswith(prefix + "/")):
+            return Path(folder) / posixpath.relpath(emulated, prefix)
+    return None
+
+
+def not_on_cluster(name):
+    return StepFailure(
+        "File not found",
+        f"spark-submit cannot start: {name} does not exist on the cluster (a step can use "
+        f"S3 objects, files under {HOME}/ and what EMR ships, such as "
+        f"{', '.join(prefix + '/' for prefix in SHIPPED)})",
+    )
+
+
 def split_s3(uri):
     """``s3://bucket/key`` -> (bucket, key); None when ``uri`` is not an S3 URI."""
     match = S3_URI.fullmatch(uri)
@@ -103,25 +144,30 @@ class SparkPlan:
 
     ``needed`` lists what must exist before Spark starts (the application and the
     files of --py-files, --files, --jars, --archives, --properties-file), each as
-    (the name the step used, the local Path that stands for it).
+    (the name the step used, the local Path that stands for it). ``mapped`` lists
+    every (name, local Path) mapped into the master folder (they must stay in it).
     """
 
     args: list
     refs: list = field(default_factory=list)
     needed: list = field(default_factory=list)
+    mapped: list = field(default_factory=list)
 
 
-def spark_plan(args, mirror, master):
+def spark_plan(args, mirror, master, shipped=None):
     """Rewrite the arguments of ``spark-submit`` for a local run.
 
     ``args`` are the step's arguments after ``spark-submit``; ``mirror`` is the folder
     that holds the local copy of S3 (``mirror/bucket/key``); ``master`` the cluster's
     master folder. ``--deploy-mode`` and any non-local ``--master`` are dropped,
     ``--master local[*]`` is used unless a local master was asked for, and the
-    emulator's own settings come last so that they win.
+    emulator's own settings come last so that they win. ``shipped``: {emulated
+    folder: local folder} of what EMR ships (see ``SHIPPED``). A file the step needs
+    that is a local path the cluster does not have raises StepFailure.
     """
     refs = {}
     needed = []
+    mapped = []
     seen = []  # the refs of the token being rewritten
 
     def to_local(match):
@@ -137,11 +183,23 @@ def spark_plan(args, mirror, master):
         """
         parts = []
         for part in token.split(","):
-            path = part[len("file://") :] if part.startswith("file://" + HOME) else part
-            if path == HOME or path.startswith(HOME + "/"):
-                local = master_path(master, path)
+            if not part:
+                parts.append(part)
+                continue
+            scheme = next((s for s in LOCAL_SCHEMES if part.startswith(s)), "")
+            path = part[len(scheme):]
+            local = None
+            if files and not S3_URI.fullmatch(part) and (scheme or "://" not in part):
+                local = cluster_path(path, master, shipped)
+                if local is None:
+                    raise not_on_cluster(part)
+            elif path.startswith("/"):  # an argument: mapped when the cluster has it
+                local = cluster_path(path, master, shipped)
+            if local is not None:
                 if files:
                     needed.append((path, local))
+                if Path(master) in local.parents or local == Path(master):
+                    mapped.append((path, local))
                 parts.append(str(local))
                 continue
             seen.clear()
@@ -178,7 +236,7 @@ def spark_plan(args, mirror, master):
     ours = ["--master", master_arg or "local[*]"]
     for setting in SPARK_LOCAL_CONF:
         ours += ["--conf", setting]
-    return SparkPlan(options + ours + rest, list(refs.values()), needed)
+    return SparkPlan(options + ours + rest, list(refs.values()), needed, mapped)
 
 
 @dataclass

@@ -12,6 +12,13 @@ once, not after a JVM start), and Java must be new enough for the installed pysp
 A failed step's FailureDetails name paths as the step did (``s3://...``,
 ``/home/hadoop/...``), not as the local mirror holds them.
 
+Steps stay in the cluster: a step runs with its working folder, HOME
+(``/home/hadoop``) and TMPDIR inside the cluster's master folder; what it names must
+be in S3, in the master folder or among what EMR ships (``commands.SHIPPED``); and
+what the emulator itself copies or uploads for it never follows a symbolic link out
+of the master folder (such a link stands for a file the cluster does not have).
+What the user's own program opens is up to that program: it runs as the user.
+
 ``spark-submit`` runs as a child process in its own process group, so that
 cancelling the step (CancelSteps, the cluster terminating, the daemon stopping)
 stops Spark's JVM and its Python workers together. ``aws s3 cp`` runs in-process.
@@ -35,10 +42,12 @@ from pathlib import Path
 
 from cloudmesh.emr.local.commands import (
     HOME,
+    SHIPPED,
     StepFailure,
     last_error_line,
     master_path,
     mirror_path,
+    not_on_cluster,
     s3_cp_plan,
     spark_plan,
     split_s3,
@@ -60,6 +69,40 @@ JAVA_VERSION = re.compile(r'version "(\d+)(?:\.(\d+))?')
 class Result:
     ok: bool
     failure: dict = None
+
+
+def inside(path, root):
+    """Whether ``path``, its symbolic links followed, lies in folder ``root``."""
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def files_under(folder, root):
+    """The files under ``folder`` that lie in ``root``; links out of it are skipped."""
+    found = []
+    for top, dirs, names in os.walk(folder):  # does not descend into linked folders
+        dirs[:] = [d for d in dirs if inside(os.path.join(top, d), root)]
+        for name in names:
+            path = Path(top) / name
+            if inside(path, root) and path.is_file():
+                found.append(path)
+    return found
+
+
+def shipped_folders(spark_home=None):
+    """{emulated folder: local folder} of what EMR ships, as far as it is installed.
+
+    ``spark_home``: the pyspark the step runs with, which stands for /usr/lib/spark.
+    """
+    folders = {}
+    for prefix, package in SHIPPED.items():
+        if package == "pyspark" and spark_home:
+            folders[prefix] = str(spark_home)
+            continue
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.origin:
+            folders[prefix] = str(Path(spec.origin).parent)
+    return folders
 
 
 def hidden(relative):
@@ -320,6 +363,11 @@ class StepRun:
 
     def _run(self):
         for folder in (self.home, self.workdir, self.logdir):
+            if not inside(folder, self.master):  # a link that a step left leads out
+                return Result(False, {
+                    "Reason": "Internal error of the local emulator",
+                    "Message": f"/{folder.relative_to(self.master).as_posix()} leads out of "
+                               "the cluster's file system: terminate this cluster"})
             folder.mkdir(parents=True, exist_ok=True)
         paths = {name: self.logdir / name for name in ("controller", "stdout", "stderr")}
         # append mode: the step's processes and the driver wrapper share the files
@@ -403,7 +451,10 @@ class StepRun:
         java(env, needed)
         if python:
             env["PYSPARK_PYTHON"] = python
-        plan = spark_plan(args, self.workdir / "s3", self.master)
+        plan = spark_plan(args, self.workdir / "s3", self.master, shipped_folders(spark_home))
+        for name, local in plan.mapped:
+            if not inside(local, self.master):  # a link that a step left leads out
+                raise not_on_cluster(name)
         s3 = self.runner.s3(self.account)
         for ref in plan.refs:
             self._download(s3, ref)
@@ -411,6 +462,7 @@ class StepRun:
         before = self._snapshot(plan.refs)
         env.update(SPARK_LOCAL_IP="127.0.0.1", SPARK_LOCAL_HOSTNAME="localhost",
                    PYTHONUNBUFFERED="1")
+        env.update(self.confined_env(env))
         env.setdefault("PYSPARK_PYTHON", sys.executable)
         env.update(
             PYSPARK_DRIVER_PYTHON=str(self.runner.driver),
@@ -450,6 +502,17 @@ class StepRun:
             raise StepFailure(reason, last_error_line(stderr, stdout) or reason)
         return Result(True)
 
+    def confined_env(self, env):
+        """HOME, TMPDIR and Spark's scratch folders inside the cluster's master folder."""
+        import site
+
+        tmp = self.master / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        values = {"HOME": str(self.home), "TMPDIR": str(tmp), "SPARK_LOCAL_DIRS": str(tmp)}
+        if "PYTHONUSERBASE" not in env:  # packages the user installed with --user stay found
+            values["PYTHONUSERBASE"] = site.getuserbase()
+        return values
+
     @staticmethod
     def _check_needed(needed):
         """Fail before Spark starts when the application or a file it needs is missing."""
@@ -488,13 +551,15 @@ class StepRun:
             s3.download_file(ref.bucket, key, str(target))
             self.note(f"downloaded s3://{ref.bucket}/{key} to {target}")
 
-    @staticmethod
-    def _files(ref):
+    def _files(self, ref):
+        """The files the step may have written under ``ref``; never one out of the cluster."""
         watch = ref.watch
+        if not inside(watch, self.master):
+            return []
         if watch.is_file():
             return [watch]
         if watch.is_dir():
-            return [path for path in watch.rglob("*") if path.is_file()]
+            return files_under(watch, self.master)
         return []
 
     def _snapshot(self, refs):
@@ -581,14 +646,14 @@ class StepRun:
 
     def _local_sources(self, plan):
         path = master_path(self.master, plan.source)
-        if plan.recursive and path.is_dir():
+        inside_cluster = inside(path, self.master)  # a link out stands for nothing there
+        if plan.recursive and path.is_dir() and inside_cluster:
             return [
                 (("file", p), str(plan.source).rstrip("/") + "/" + p.relative_to(path).as_posix(),
                  p.relative_to(path).as_posix())
-                for p in sorted(path.rglob("*"))
-                if p.is_file()
+                for p in sorted(files_under(path, self.master))
             ]
-        if not path.is_file():
+        if not path.is_file() or not inside_cluster:
             raise StepFailure(
                 "aws s3 cp failed",
                 f"fatal error: the file {plan.source} does not exist on the master",
@@ -613,6 +678,12 @@ class StepRun:
         target = master_path(self.master, plan.dest)
         if into_folder or target.is_dir():
             target = master_path(self.master, posixpath.join(plan.dest, relative))
+        if not inside(target, self.master):  # a link that a step left leads out
+            emulated = "/" + target.relative_to(self.master).as_posix()
+            raise StepFailure(
+                "aws s3 cp failed",
+                f"fatal error: cannot write {emulated}: it leads out of the cluster's file system",
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         s3.download_file(origin[1], origin[2], str(target))
         emulated = "/" + target.relative_to(self.master).as_posix()
