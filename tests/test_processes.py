@@ -337,6 +337,36 @@ def test_local_status_and_cloud_local_while_daemon_json_is_damaged(in_daemon, cm
     assert f"(pid {info['Pid']})" in again.out
 
 
+def test_a_second_daemon_on_the_same_folder_refuses_and_touches_nothing(in_daemon):
+    folder, state, info = in_daemon
+    before = (state / "daemon.json").read_bytes()
+    marker = state / "clusters" / "still-here"
+    marker.parent.mkdir(exist_ok=True)
+    marker.write_text("a file of the running daemon")
+    second = subprocess.run(
+        [sys.executable, "-m", "cloudmesh.emr.local.daemon", "--state-dir", str(state),
+         "--delay", "0.2"], capture_output=True, text=True, timeout=120)
+    assert second.returncode == 1
+    assert f"already runs for {state} (pid {info['Pid']})" in second.stderr
+    assert (state / "daemon.json").read_bytes() == before and marker.exists()
+    assert not gone(info["Pid"])
+
+
+def test_a_daemon_starting_while_another_holds_the_serve_lock_refuses(tmp_path):
+    """Two daemons started at once both miss each other in the process table; the one
+    that does not get the serve lock refuses."""
+    import filelock
+
+    state = tmp_path / "local"
+    state.mkdir()
+    with filelock.FileLock(str(state / "serve.lock"), timeout=0):
+        second = subprocess.run(
+            [sys.executable, "-m", "cloudmesh.emr.local.daemon", "--state-dir", str(state)],
+            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 1 and f"already runs for {state}" in second.stderr
+    assert not (state / "daemon.json").exists()
+
+
 def test_local_stop_finds_the_daemon_without_daemon_json(in_daemon, cms, foreign):
     folder, state, info = in_daemon
     damage(state / "daemon.json", "foreign-pid", foreign)

@@ -32,10 +32,12 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
+from cloudmesh.emr import processes
 from cloudmesh.emr.local import state
 from cloudmesh.emr.local.state import LOG_FILE, LOOPBACK
 
 log = logging.getLogger("cloudmesh.emr.local")
+SERVE_LOCK = "serve.lock"  # held by the daemon that serves the folder, for its whole life
 
 
 def parse(argv):
@@ -119,11 +121,14 @@ def serve(host, port, state_dir, delay):
     """Run until SIGTERM/SIGINT; return the exit code."""
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    # another daemon serving this folder (the process table decides, not daemon.json)
+    # another daemon serving this folder (the process table decides, not daemon.json;
+    # the serve lock, held for the daemon's life, settles two that start at once)
     others = state.server(state_dir).find(exclude=(os.getpid(),))
-    if others:
+    serving = None if others else processes.try_lock(state_dir / SERVE_LOCK)
+    if serving is None:
+        which = f" (pid {others[0].pid})" if others else ""
         print(
-            f"ERROR: an emulator already runs for {state_dir} (pid {others[0].pid}): "
+            f"ERROR: an emulator already runs for {state_dir}{which}: "
             "stop it first with 'cms emr local stop'",
             file=sys.stderr,
         )
