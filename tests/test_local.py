@@ -381,8 +381,8 @@ def test_unsupported_steps_fail_with_a_clear_reason(emulator, emr):
         done = emulator.wait_step(cluster_id, step_id, ["FAILED", "COMPLETED"])
         assert done["Status"]["State"] == "FAILED"
         messages.append(done["Status"]["FailureDetails"]["Message"])
-    assert "spark-submit and aws s3 cp" in messages[0] and "hive-script" in messages[0]
-    assert "command-runner.jar steps only" in messages[1]
+    assert "spark-submit" in messages[0] and "'hive-script' is not one of them" in messages[0]
+    assert "s3://x/wordcount.jar does not exist" in messages[1]  # a custom jar: spark-submit
     assert "--sse" in messages[2]
     emr.terminate_job_flows(JobFlowIds=[cluster_id])
 

@@ -180,20 +180,21 @@ def diagnose(logs, table_=None):
     that look like errors.
     """
     table_ = table_ or table()
-    best = None
+    found = []
     for log in logs:
         rank = table_.ranks.get(log.source, len(table_.ranks))
         lines = _lines(log.text)
         for index, line in enumerate(lines):
             for rule in table_.rules:
                 match = rule.pattern.search(line)
-                if not match or not _in_context(rule, lines, index, table_.frames):
-                    continue
-                key = (rule.priority, -rank, index)
-                if best is None or key > best[0]:
-                    best = (key, rule, match, log, lines, index)
-    if best is None:
+                if match and _in_context(rule, lines, index, table_.frames):
+                    found.append(((rule.priority, -rank), rule, match, log, lines, index))
+    if not found:
         return _unknown(logs, table_)
+    top = max(candidate[0] for candidate in found)
+    # of the lines that say it equally well, one with a stack trace behind it, then the last
+    best = max((c for c in found if c[0] == top),
+               key=lambda c: (where(c[4], c[5], table_) is not None, c[5]))
     _, rule, match, log, lines, index = best
     groups = _Groups({k: v for k, v in match.groupdict().items() if v})
     said = (groups.get("line") or lines[index]).strip()

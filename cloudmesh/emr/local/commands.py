@@ -307,3 +307,178 @@ def last_error_line(*texts):
             if not LOG_LINE.match(line) and not line.startswith(NOISE) and not line[0].isspace():
                 return line
     return None
+
+
+# ---- the kinds of step the emulator runs, as tables ------------------------------------
+
+# a step's jar (its file name) -> the kind of step it is; any other jar is a custom jar,
+# which runs through spark-submit (a Spark application, or any Java main class)
+JARS = {
+    "command-runner.jar": "command",
+    "script-runner.jar": "script",
+}
+
+# command-runner.jar: the program (its file name) -> the StepRun method that runs it
+COMMANDS = {
+    "spark-submit": "_spark",
+    "spark-example": "_example",
+    "run-example": "_example",  # /usr/lib/spark/bin/run-example
+    "hadoop-streaming": "_streaming",
+    "bash": "_bash",
+    "aws": "_aws",
+}
+
+# aws CLI subcommands the emulator carries out itself (against the emulated S3)
+AWS_COMMANDS = {("s3", "cp"): "_copy", ("s3", "sync"): "_sync"}
+
+# Spark's example programs (their class names, as run-example takes them) -> the Python
+# program of the same example that pyspark ships under examples/src/main/python/
+EXAMPLES = {
+    "SparkPi": "pi.py",
+    "JavaSparkPi": "pi.py",
+    "JavaWordCount": "wordcount.py",
+    "SparkPageRank": "pagerank.py",
+    "JavaPageRank": "pagerank.py",
+    "SparkLR": "logistic_regression.py",
+    "JavaLogisticRegression": "logistic_regression.py",
+    "SparkKMeans": "kmeans.py",
+    "SparkTC": "transitive_closure.py",
+    "JavaTC": "transitive_closure.py",
+    "SparkALS": "als.py",
+    "JavaStatusTrackerDemo": "status_api_demo.py",
+}
+EXAMPLES_FOLDER = "/usr/lib/spark/examples/src/main/python"  # as the cluster names it
+EXAMPLE_PREFIX = "org.apache.spark.examples."
+
+# the bash options that take the script as the next argument
+BASH_SCRIPT_OPTIONS = {"-c"}
+
+
+def step_kind(jar):
+    """The kind of a step with ``jar``: command, script or jar (a custom jar)."""
+    return JARS.get(posixpath.basename(jar or ""), "jar")
+
+
+def command_method(args):
+    """The StepRun method for the command-runner.jar ``args``; StepFailure if none."""
+    if not args:
+        raise StepFailure("Unsupported step", "command-runner.jar needs a command, such as "
+                          f"{', '.join(sorted(COMMANDS))}")
+    program = posixpath.basename(args[0])
+    if program not in COMMANDS:
+        raise StepFailure(
+            "Unsupported step",
+            f"the local emulator runs these command-runner.jar commands: "
+            f"{', '.join(sorted(COMMANDS))}; '{args[0]}' is not one of them",
+        )
+    return COMMANDS[program]
+
+
+def aws_method(args):
+    """The StepRun method for ``aws ARGS`` (after ``aws``); StepFailure if none."""
+    for words, method in AWS_COMMANDS.items():
+        if tuple(args[: len(words)]) == words:
+            return method, args[len(words):]
+    known = ", ".join("aws " + " ".join(words) for words in AWS_COMMANDS)
+    raise StepFailure("Unsupported step",
+                      f"the local emulator runs {known}; not 'aws {' '.join(args[:2])}'")
+
+
+def example_program(args):
+    """(the example's Python program as the cluster names it, its arguments) for
+    ``spark-example``/``run-example`` arguments; StepFailure for an example pyspark
+    does not ship."""
+    options, rest = [], list(args)
+    while rest and rest[0].startswith("-"):  # spark-submit options before the class
+        option = rest.pop(0)
+        options.append(option)
+        if "=" not in option and option not in SPARK_FLAGS and rest:
+            options.append(rest.pop(0))
+    if not rest:
+        raise StepFailure("Invalid command", "usage: spark-example [options] CLASS [ARGS]")
+    name = rest[0][len(EXAMPLE_PREFIX):] if rest[0].startswith(EXAMPLE_PREFIX) else rest[0]
+    program = EXAMPLES.get(name)
+    if program is None:
+        raise StepFailure(
+            "Example not available",
+            f"the local emulator runs Spark's examples through the Python programs pyspark "
+            f"ships; there is none for {rest[0]} (it has: {', '.join(sorted(EXAMPLES))})",
+        )
+    return options, f"{EXAMPLES_FOLDER}/{program}", rest[1:]
+
+
+@dataclass
+class StreamingPlan:
+    """A hadoop-streaming job: what to ship, what to run, where to read and write."""
+
+    files: list
+    mapper: str
+    reducer: str = None
+    combiner: str = None
+    inputs: list = field(default_factory=list)
+    output: str = None
+    reducers: int = 1
+    env: dict = field(default_factory=dict)
+
+
+# hadoop-streaming options that take a value, and the generic options (-D, -files...)
+STREAMING_VALUES = {"-files", "-mapper", "-reducer", "-combiner", "-input", "-output",
+                    "-numReduceTasks", "-cmdenv", "-D", "-archives", "-libjars",
+                    "-inputformat", "-outputformat", "-partitioner", "-file"}
+
+
+def streaming_plan(args):
+    """Parse the arguments of ``hadoop-streaming`` (after it)."""
+    values = {}
+    index = 0
+    while index < len(args):
+        option = args[index]
+        if option.startswith("-D") and option != "-D":  # -Dkey=value
+            values.setdefault("-D", []).append(option[2:])
+            index += 1
+            continue
+        if option not in STREAMING_VALUES or index + 1 >= len(args):
+            raise StepFailure(
+                "Invalid command",
+                f"hadoop-streaming: unknown option or missing value: {option} "
+                "(usage: -files F1,F2 -mapper CMD -reducer CMD -input IN -output OUT)",
+            )
+        values.setdefault(option, []).append(args[index + 1])
+        index += 2
+    for needed in ("-mapper", "-input", "-output"):
+        if needed not in values:
+            raise StepFailure("Invalid command",
+                              f"hadoop-streaming: {needed} is required "
+                              "(usage: -files F1,F2 -mapper CMD -reducer CMD -input IN -output OUT)")
+    files = [f for value in values.get("-files", []) + values.get("-file", [])
+             for f in value.split(",") if f]
+    reducers = 1
+    settings = dict(item.partition("=")[::2] for item in values.get("-D", []))
+    count = values.get("-numReduceTasks", [settings.get("mapreduce.job.reduces", "1")])[-1]
+    try:
+        reducers = int(count)
+    except ValueError:
+        raise StepFailure("Invalid command", f"-numReduceTasks: '{count}' is not a number") from None
+    env = dict(item.partition("=")[::2] for item in values.get("-cmdenv", []))
+    reducer = values.get("-reducer", [None])[-1]
+    if reducer in ("NONE", "aggregate"):
+        if reducer == "aggregate":
+            raise StepFailure("Unsupported option",
+                              "the local emulator's hadoop-streaming has no aggregate reducer")
+        reducer, reducers = None, 0
+    return StreamingPlan(files=files, mapper=values["-mapper"][-1], reducer=reducer,
+                         combiner=values.get("-combiner", [None])[-1],
+                         inputs=[i for value in values["-input"] for i in value.split(",") if i],
+                         output=values["-output"][-1], reducers=max(reducers, 0), env=env)
+
+
+def streaming_key(line):
+    """The key of a streaming record: the text before the first tab (the whole line)."""
+    return line.split(b"\t", 1)[0]
+
+
+def sort_records(data):
+    """Streaming records (lines) sorted by key, as the shuffle hands them to a reducer."""
+    lines = data.splitlines()
+    lines.sort(key=streaming_key)
+    return b"\n".join(lines) + (b"\n" if lines else b"")

@@ -31,18 +31,27 @@ import logging
 import os
 import posixpath
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from cloudmesh.emr.local.commands import (
     HOME,
     SHIPPED,
+    aws_method,
+    command_method,
+    example_program,
+    sort_records,
+    step_kind,
+    streaming_key,
+    streaming_plan,
     StepFailure,
     last_error_line,
     master_path,
@@ -292,6 +301,7 @@ class StepRun:
         self.step_id = step.id
         self.jar = step.jar or ""
         self.args = [str(arg) for arg in (step.args or [])]
+        self.main_class = (getattr(step, "hadoop_jar_step", None) or {}).get("MainClass")
         self.log_uri = cluster.log_uri
         self.release = cluster.release_label
         self.done = done
@@ -403,25 +413,262 @@ class StepRun:
         self.ctl.flush()
 
     def _execute(self):
-        if os.path.basename(self.jar) != "command-runner.jar":
-            raise StepFailure(
-                "Unsupported step",
-                "the local emulator runs command-runner.jar steps only, "
-                f"not {self.jar or 'no jar'}",
-            )
-        if not self.args:
-            raise StepFailure(
-                "Unsupported step", "command-runner.jar needs a command: spark-submit or aws s3 cp"
-            )
-        if os.path.basename(self.args[0]) == "spark-submit":
+        kind = step_kind(self.jar)
+        if kind == "script":  # script-runner.jar SCRIPT ARGS
+            return self._script(self.args)
+        if kind == "jar":  # a custom jar: a Spark application (or any Java main class)
+            main = ["--class", self.main_class] if self.main_class else []
+            return self._spark([*main, self.jar, *self.args])
+        method = command_method(self.args)
+        if method == "_aws":
+            method, rest = aws_method(self.args[1:])
+            return getattr(self, method)(rest)
+        if method == "_spark":
             return self._spark(self.args[1:])
-        if self.args[:3] == ["aws", "s3", "cp"]:
-            return self._copy(self.args[3:])
-        raise StepFailure(
-            "Unsupported step",
-            f"the local emulator runs spark-submit and aws s3 cp steps; "
-            f"'{' '.join(self.args[:3])}' is neither",
-        )
+        return getattr(self, method)(self.args)
+
+    # ---- processes other than spark-submit ------------------------------------------
+
+    def _process_run(self, command, cwd, env, stdin=None, stdout=None, data=None):
+        """Run ``command`` as the step's process (cancel stops it); its exit code, and
+        what it wrote on stdout when ``stdout`` is PIPE."""
+        with self._lock:
+            if self.cancelled:
+                return None, b""
+            try:
+                self._process = subprocess.Popen(
+                    command, cwd=cwd, env=env, stdin=stdin or subprocess.DEVNULL,
+                    stdout=stdout or self.out, stderr=self.err, start_new_session=True)
+            except OSError as error:
+                raise StepFailure(
+                    "Command failed",
+                    f"java.io.IOException: Cannot run program \"{command[0]}\": "
+                    f"error={error.errno}, {error.strerror}") from None
+        output, _ = self._process.communicate(data)
+        self._stragglers()
+        return self._process.returncode, output or b""
+
+    def _shell_env(self):
+        """The environment of a bash, script or streaming process: HOME on the master,
+        and the aws CLI pointed at the emulated S3."""
+        env = dict(os.environ)
+        env.update(self.confined_env(env))
+        keys = self.runner.credentials.boto()
+        env.update(AWS_ENDPOINT_URL=self.runner.endpoint, AWS_DEFAULT_REGION=self.region,
+                   AWS_ACCESS_KEY_ID=keys["aws_access_key_id"],
+                   AWS_SECRET_ACCESS_KEY=keys["aws_secret_access_key"],
+                   PYTHONUNBUFFERED="1")
+        for key in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
+            env.pop(key, None)
+        return env
+
+    def _on_master(self, word):
+        """A command-line word with ``/home/hadoop`` named as the master folder holds it."""
+        return word.replace(HOME, str(self.home)) if HOME in word else word
+
+    def _bash(self, args):
+        """``bash -c SCRIPT`` or ``bash FILE ARGS``, in /home/hadoop on the master."""
+        command = ["bash", *[self._on_master(arg) for arg in args[1:]]]
+        self.note(f"running {command}")
+        code, _ = self._process_run(command, self.home, self._shell_env())
+        self.note(f"bash exited with status {code}")
+        if self.cancelled:
+            return Result(False)
+        if code != 0:
+            raise StepFailure(f"bash exited with status {code}", self._last_error(
+                f"bash exited with status {code}"))
+        return Result(True)
+
+    def _script(self, args):
+        """script-runner.jar: fetch the script from S3 (or the master) and run it with bash."""
+        if not args:
+            raise StepFailure("Invalid command", "script-runner.jar needs a script: s3://... ARGS")
+        where = split_s3(args[0])
+        script = self.workdir / (posixpath.basename(args[0]) or "script")
+        if where:
+            from botocore.exceptions import ClientError
+
+            try:
+                self.runner.s3(self.account).download_file(where[0], where[1], str(script))
+            except ClientError:
+                raise StepFailure("File not found",
+                                  f"script-runner.jar: {args[0]} does not exist in S3") from None
+        elif self._master_file(args[0]):
+            shutil.copyfile(self._master_file(args[0]), script)
+        else:
+            raise StepFailure("File not found", f"script-runner.jar: {args[0]} is neither in S3 "
+                              f"nor under {HOME}/ on the master")
+        script.chmod(0o755)
+        command = ["bash", str(script), *[self._on_master(arg) for arg in args[1:]]]
+        self.note(f"running {command}")
+        code, _ = self._process_run(command, self.home, self._shell_env())
+        self.note(f"script exited with status {code}")
+        if self.cancelled:
+            return Result(False)
+        if code != 0:
+            raise StepFailure(f"script exited with status {code}", self._last_error(
+                f"{args[0]} exited with status {code}"))
+        return Result(True)
+
+    def _master_file(self, name):
+        """The local file of ``name`` under /home/hadoop on the master, if it is one there
+        (a link out of the cluster's folder is not)."""
+        if not name.startswith(HOME + "/"):
+            return None
+        local = master_path(self.master, name)
+        return local if local.is_file() and inside(local, self.master) else None
+
+    def _last_error(self, default):
+        self.err.flush()
+        self.out.flush()
+        stderr = (self.logdir / "stderr").read_text(errors="replace")
+        return last_error_line(stderr) or default
+
+    def _sync(self, args):
+        """``aws s3 sync``: every file is copied (the emulator does not compare them)."""
+        return self._copy(["--recursive", *args])
+
+    def _example(self, args):
+        """``spark-example CLASS ARGS`` and ``run-example``: the Python program of the same
+        example, as pyspark ships it under /usr/lib/spark/examples/src/main/python/."""
+        options, program, rest = example_program(args[1:])
+        return self._spark([*options, program, *rest])
+
+    # ---- hadoop-streaming ---------------------------------------------------------------
+
+    def _streaming(self, args):
+        """A real streaming run: the mapper over every input file, a sort by key, the
+        reducer; part-NNNNN files and _SUCCESS under the output prefix in S3."""
+        plan = streaming_plan(args[1:])
+        s3 = self.runner.s3(self.account)
+        task = self.workdir / "task"
+        task.mkdir(parents=True, exist_ok=True)
+        for name in plan.files:
+            self._ship(s3, name, task)
+        output = split_s3(plan.output)
+        if not output:
+            raise StepFailure("Invalid command",
+                              f"hadoop-streaming: -output {plan.output} must be an s3:// folder")
+        bucket, prefix = output[0], output[1].rstrip("/") + "/" if output[1].strip("/") else ""
+        if self._s3_keys(s3, bucket, prefix) or (prefix and self._s3_keys(s3, bucket, prefix[:-1],
+                                                                          exact=True)):
+            raise StepFailure(
+                "Output directory exists",
+                "org.apache.hadoop.mapred.FileAlreadyExistsException: Output directory "
+                f"{plan.output} already exists")
+        splits = self._streaming_inputs(s3, plan.inputs)
+        env = {**self._shell_env(), **plan.env}
+        print(f"packageJobJar: [] [] {self.workdir}/streamjob.jar tmpDir=null", file=self.err)
+        print(f"INFO mapreduce.JobSubmitter: number of splits:{len(splits)}", file=self.err,
+              flush=True)
+        mapped = []
+        for uri, data in splits:
+            out = self._streaming_task("map", plan.mapper, data, task, env, uri)
+            if plan.combiner:
+                out = self._streaming_task("combine", plan.combiner, sort_records(out), task,
+                                           env, uri)
+            mapped.append(out)
+            if self.cancelled:
+                return Result(False)
+        if plan.reducers == 0:
+            parts = mapped or [b""]
+        else:
+            buckets = [[] for _ in range(plan.reducers)]
+            for out in mapped:
+                for line in out.splitlines():
+                    buckets[zlib.crc32(streaming_key(line)) % plan.reducers].append(line)
+            parts = []
+            for number, lines in enumerate(buckets):
+                data = sort_records(b"\n".join(lines) + (b"\n" if lines else b""))
+                if plan.reducer:
+                    data = self._streaming_task("reduce", plan.reducer, data, task, env,
+                                                f"partition {number}")
+                parts.append(data)
+                if self.cancelled:
+                    return Result(False)
+        for number, data in enumerate(parts):
+            s3.put_object(Bucket=bucket, Key=f"{prefix}part-{number:05d}", Body=data)
+        s3.put_object(Bucket=bucket, Key=f"{prefix}_SUCCESS", Body=b"")
+        print(f"INFO mapreduce.Job: map 100% reduce 100%", file=self.err)
+        print(f"INFO streaming.StreamJob: Output directory: {plan.output}", file=self.err,
+              flush=True)
+        return Result(True)
+
+    def _s3_keys(self, s3, bucket, prefix, exact=False):
+        from botocore.exceptions import ClientError
+
+        try:
+            if exact:
+                s3.head_object(Bucket=bucket, Key=prefix)
+                return [prefix]
+            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return []
+            if error.response.get("Error", {}).get("Code") == "NoSuchBucket":
+                raise StepFailure("Bucket not found",
+                                  f"NoSuchBucket: The specified bucket does not exist: {bucket}") from None
+            raise
+
+    def _ship(self, s3, name, task):
+        """A -files entry, into the tasks' working folder (executable, as Hadoop makes it)."""
+        target = task / posixpath.basename(name.split("#", 1)[0])
+        where = split_s3(name.split("#", 1)[0])
+        if where:
+            if not self._s3_keys(s3, where[0], where[1], exact=True):
+                raise StepFailure("File not found", f"hadoop-streaming: -files {name}: "
+                                  f"s3://{where[0]}/{where[1]} does not exist")
+            s3.download_file(where[0], where[1], str(target))
+        elif self._master_file(name):
+            shutil.copyfile(self._master_file(name), target)
+        else:
+            raise StepFailure("File not found", f"hadoop-streaming: -files {name} is neither "
+                              f"in S3 nor under {HOME}/ on the master")
+        target.chmod(0o755)
+
+    def _streaming_inputs(self, s3, inputs):
+        """[(uri, bytes)]: every input file, decompressed when it ends in .gz."""
+        splits = []
+        for uri in inputs:
+            where = split_s3(uri)
+            if not where:
+                raise StepFailure("Invalid command",
+                                  f"hadoop-streaming: -input {uri} must be in s3://")
+            bucket, key = where
+            keys = self._s3_keys(s3, bucket, key, exact=True) if key and not key.endswith("/") else []
+            if not keys:
+                folder = key.rstrip("/") + "/" if key.strip("/") else ""
+                keys = [k for k in self._s3_keys(s3, bucket, folder)
+                        if not posixpath.basename(k).startswith(("_", ".")) and not k.endswith("/")]
+            if not keys:
+                raise StepFailure("Input path does not exist",
+                                  "ERROR streaming.StreamJob: Error Launching job : "
+                                  f"Input path does not exist: {uri}")
+            for found in sorted(keys):
+                data = s3.get_object(Bucket=bucket, Key=found)["Body"].read()
+                if found.endswith(".gz"):
+                    data = gzip.decompress(data)
+                splits.append((f"s3://{bucket}/{found}", data))
+        return splits
+
+    def _streaming_task(self, kind, command, data, cwd, env, what):
+        words = shlex.split(command)
+        if not words:
+            raise StepFailure("Invalid command", f"hadoop-streaming: an empty -{kind}")
+        if (cwd / words[0]).is_file():
+            words[0] = str(cwd / words[0])
+        self.note(f"{kind} task over {what}: {words}")
+        code, output = self._process_run(words, cwd, env, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, data=data)
+        if code not in (0, None):
+            message = ("java.lang.RuntimeException: PipeMapRed.waitOutputThreads(): "
+                       f"subprocess failed with code {code}")
+            said = self._last_error(message)  # the task's own error, before Hadoop's lines
+            print(f"Error: {message}", file=self.err)
+            print("ERROR streaming.StreamJob: Job not successful!", file=self.err, flush=True)
+            raise StepFailure(f"the {kind} task failed", said)
+        return output
 
     # ---- spark-submit ---------------------------------------------------------------
 
@@ -703,8 +950,9 @@ class StepRun:
         try:
             self._ensure_bucket(s3, bucket)
             for name, path in paths.items():
+                text = self.as_on_emr(path.read_text(errors="replace"))  # paths as EMR's
                 s3.put_object(Bucket=bucket, Key=f"{base}{name}.gz",
-                              Body=gzip.compress(path.read_bytes()))
+                              Body=gzip.compress(text.encode()))
         except Exception as error:  # the step's result stands; say where the logs are
             log.warning("cannot write the logs of step %s to %s: %s",
                         self.step_id, self.log_uri, error)

@@ -1,0 +1,269 @@
+"""Every kind of step EMR users submit, run on the emulator, its output checked.
+
+command-runner.jar with bash -c, hadoop-streaming, aws s3 sync, spark-example (SparkPi),
+script-runner.jar, a custom jar (a Spark application built here with javac against
+pyspark's jars), cancelling a pending and a running step, and failures read back through
+`cms emr logs` and `cms emr diagnose`. Everything is read back with boto3 (the steps' logs
+in S3, their output objects) or through the `cms` command, as a user would.
+"""
+
+import gzip
+import json
+import shutil
+import subprocess
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from local_fixtures import wait_for
+
+MAPPER = """#!/usr/bin/env python3
+import sys
+for line in sys.stdin:
+    for word in line.split():
+        print(f"{word.lower()}\\t1")
+"""
+REDUCER = """#!/usr/bin/env python3
+import sys
+current, total = None, 0
+for line in sys.stdin:
+    word, count = line.rstrip("\\n").split("\\t")
+    if word != current:
+        if current is not None:
+            print(f"{current}\\t{total}")
+        current, total = word, 0
+    total += int(count)
+if current is not None:
+    print(f"{current}\\t{total}")
+"""
+BAD_MAPPER = """#!/usr/bin/env python3
+import sys
+for number, line in enumerate(sys.stdin):
+    fields = line.split()
+    print(fields[3])
+"""
+TEXT_A = "the quick brown fox\nThe lazy dog\n"
+TEXT_B = "the end\nquick quick\n"
+JAVA_MAIN = """
+package demo;
+
+public class Hello {
+    public static void main(String[] args) {
+        org.apache.spark.SparkConf conf = new org.apache.spark.SparkConf();
+        System.out.println("hello from a jar: " + String.join(",", args) + " on Spark "
+                           + org.apache.spark.package$.MODULE$.SPARK_VERSION());
+    }
+}
+"""
+
+
+def step(name, args, action="CONTINUE", jar="command-runner.jar", **extra):
+    return {"Name": name, "ActionOnFailure": action,
+            "HadoopJarStep": {"Jar": jar, "Args": list(args), **extra}}
+
+
+@pytest.fixture(scope="module")
+def emr(emulator):
+    return emulator.client("emr")
+
+
+@pytest.fixture(scope="module")
+def s3(emulator):
+    return emulator.client("s3")
+
+
+@pytest.fixture(scope="module")
+def bucket(s3):
+    name = f"kinds-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=name)
+    for key, body in {"jobs/mapper.py": MAPPER, "jobs/reducer.py": REDUCER,
+                      "jobs/bad_mapper.py": BAD_MAPPER, "in/a.txt": TEXT_A,
+                      "in/b.txt": TEXT_B,
+                      "jobs/setup.sh": "#!/bin/bash\necho \"set up with $1\"\n"}.items():
+        s3.put_object(Bucket=name, Key=key, Body=body.encode())
+    return name
+
+
+@pytest.fixture(scope="module")
+def cluster(emr, s3, emulator):
+    """One waiting cluster for the module's steps (they run one at a time)."""
+    try:
+        s3.create_bucket(Bucket="kinds-logs")
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    answer = emr.run_job_flow(
+        Name="kinds", ReleaseLabel="emr-7.12.0", LogUri="s3://kinds-logs/emr/",
+        Applications=[{"Name": "Spark"}, {"Name": "Hadoop"}],
+        Instances={"InstanceGroups": [
+            {"InstanceRole": "MASTER", "InstanceType": "m5.xlarge", "InstanceCount": 1}],
+            "KeepJobFlowAliveWhenNoSteps": True},
+        JobFlowRole="EMR_EC2_DefaultRole", ServiceRole="EMR_DefaultRole")
+    cluster_id = answer["JobFlowId"]
+    emulator.wait_cluster(cluster_id, ["WAITING"], timeout=60)
+    yield cluster_id
+    emr.terminate_job_flows(JobFlowIds=[cluster_id])
+
+
+@pytest.fixture
+def local_cms(emulator, cm, cms):
+    """`cms emr ... --cloud=local` in this process, on the session's emulator."""
+    cm.write(clouds=emulator.profile())
+
+    def run(*args):
+        return cms(*args, "--cloud=local")
+
+    return run
+
+
+def add(emr, cluster_id, *steps):
+    return emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=list(steps))["StepIds"]
+
+
+def log_of(s3, cluster_id, step_id, name):
+    body = s3.get_object(Bucket="kinds-logs", Key=f"emr/{cluster_id}/steps/{step_id}/{name}.gz")
+    return gzip.decompress(body["Body"].read()).decode()
+
+
+def finished(emulator, cluster_id, step_id, timeout=60):
+    return emulator.wait_step(cluster_id, step_id,
+                              ["COMPLETED", "FAILED", "CANCELLED", "INTERRUPTED"], timeout)
+
+
+# ---- steps without Spark -----------------------------------------------------------------
+
+
+def test_bash_c_writes_its_output_to_stdout_gz(emulator, emr, s3, cluster):
+    [step_id] = add(emr, cluster, step("bash", ["bash", "-c", "echo hello from bash; pwd; "
+                                               "echo oops >&2"]))
+    assert finished(emulator, cluster, step_id)["Status"]["State"] == "COMPLETED"
+    stdout = log_of(s3, cluster, step_id, "stdout")
+    assert stdout.splitlines() == ["hello from bash", "/home/hadoop"]
+    assert "oops" in log_of(s3, cluster, step_id, "stderr")
+    assert "bash" in log_of(s3, cluster, step_id, "controller")
+
+
+def test_hadoop_streaming_word_count_counts_right(emulator, emr, s3, cluster, bucket, local_cms):
+    result = local_cms("stream", cluster, f"--mapper=s3://{bucket}/jobs/mapper.py",
+                       f"--reducer=s3://{bucket}/jobs/reducer.py",
+                       f"--input=s3://{bucket}/in/", f"--output=s3://{bucket}/counts/")
+    assert result.code == 0, result.err
+    step_id = result.out.strip()
+    assert finished(emulator, cluster, step_id)["Status"]["State"] == "COMPLETED"
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="counts/")["Contents"])
+    assert keys == ["counts/_SUCCESS", "counts/part-00000"]
+    lines = s3.get_object(Bucket=bucket, Key="counts/part-00000")["Body"].read().decode()
+    counts = dict(line.split("\t") for line in lines.splitlines())
+    words = (TEXT_A + TEXT_B).lower().split()
+    assert counts == {word: str(words.count(word)) for word in set(words)}
+    assert list(counts) == sorted(counts)  # the reducer saw its keys sorted
+    # the same output again: Hadoop refuses an output folder that exists
+    again = local_cms("stream", cluster, f"--mapper=s3://{bucket}/jobs/mapper.py",
+                      f"--reducer=s3://{bucket}/jobs/reducer.py",
+                      f"--input=s3://{bucket}/in/", f"--output=s3://{bucket}/counts/")
+    failed = finished(emulator, cluster, again.out.strip())
+    assert failed["Status"]["State"] == "FAILED"
+    assert "already exists" in failed["Status"]["FailureDetails"]["Message"]
+    diagnosis = json.loads(local_cms("diagnose", cluster, again.out.strip(),
+                                     "--format=json").out)[0]
+    assert diagnosis["Class"] == "output-exists"
+
+
+def test_a_failing_mapper_fails_the_step_with_its_stderr_diagnosed(emulator, emr, s3, cluster,
+                                                                     bucket, local_cms):
+    [step_id] = add(emr, cluster, step("bad stream", [
+        "hadoop-streaming", "-files", f"s3://{bucket}/jobs/bad_mapper.py",
+        "-mapper", "bad_mapper.py", "-reducer", "cat", "-input", f"s3://{bucket}/in/a.txt",
+        "-output", f"s3://{bucket}/bad-out/"]))
+    done = finished(emulator, cluster, step_id)
+    assert done["Status"]["State"] == "FAILED"
+    assert "IndexError" in done["Status"]["FailureDetails"]["Message"]
+    assert "subprocess failed with code 1" in log_of(s3, cluster, step_id, "stderr")
+    result = local_cms("diagnose", cluster, step_id, "--format=json")
+    diagnosis = json.loads(result.out)[0]
+    assert diagnosis["Class"] == "python-exception"
+    assert diagnosis["Line"] == "IndexError: list index out of range"
+    assert diagnosis["Where"]["File"].endswith("bad_mapper.py")
+    assert diagnosis["Where"]["Line"] == 5
+    assert "bad-out/_SUCCESS" not in {o["Key"] for o in s3.list_objects_v2(
+        Bucket=bucket).get("Contents", [])}
+
+
+def test_script_runner_runs_its_script_from_s3_with_bash(emulator, emr, s3, cluster, bucket):
+    [step_id] = add(emr, cluster, step(
+        "script", [f"s3://{bucket}/jobs/setup.sh", "numpy"],
+        jar="s3://us-east-1.elasticmapreduce/libs/script-runner/script-runner.jar"))
+    assert finished(emulator, cluster, step_id)["Status"]["State"] == "COMPLETED"
+    assert log_of(s3, cluster, step_id, "stdout").strip() == "set up with numpy"
+
+
+def test_aws_s3_sync_copies_a_folder_to_the_master(emulator, emr, s3, cluster, bucket):
+    [step_id] = add(emr, cluster, step("sync", ["aws", "s3", "sync", f"s3://{bucket}/in/",
+                                                "/home/hadoop/in/"]))
+    assert finished(emulator, cluster, step_id)["Status"]["State"] == "COMPLETED"
+    home = emulator.master(cluster) / "home" / "hadoop" / "in"
+    assert (home / "a.txt").read_text() == TEXT_A and (home / "b.txt").read_text() == TEXT_B
+
+
+def test_cancel_a_pending_and_a_running_step(emulator, emr, s3, cluster, local_cms):
+    running, pending = add(emr, cluster, step("sleeper", ["bash", "-c", "echo started; sleep 60"]),
+                           step("after", ["bash", "-c", "echo never"]))
+    emulator.wait_step(cluster, running, ["RUNNING"], timeout=60)
+    wait_for(lambda: "started" in (emulator.master(cluster) / "mnt/var/log/hadoop/steps" /
+                                   running / "stdout").read_text(), 30, what="the sleeper")
+    result = local_cms("cancel", cluster, pending, running, "--format=json")
+    assert result.code == 0, result.err
+    answers = {a["Target"]: a["Response"] for a in json.loads(result.out)}
+    assert answers[pending]["Status"] == "SUBMITTED" and answers[pending]["PreviousState"] == "PENDING"
+    assert answers[running]["PreviousState"] == "RUNNING"
+    assert finished(emulator, cluster, pending)["Status"]["State"] == "CANCELLED"
+    assert finished(emulator, cluster, running)["Status"]["State"] in ("CANCELLED", "INTERRUPTED")
+    # cancelling them again: each is reported as ended, not an error
+    again = local_cms("cancel", cluster, pending, running)
+    assert again.code == 0 and again.out.count("already ended") == 2
+
+
+def test_logs_through_cms_and_an_unknown_command(emulator, emr, s3, cluster, local_cms):
+    [step_id] = add(emr, cluster, step("hive", ["hive-script", "--run-hive-script", "q.sql"]))
+    done = finished(emulator, cluster, step_id)
+    assert done["Status"]["State"] == "FAILED"
+    result = local_cms("logs", cluster, step_id)
+    assert result.code == 0 and "hive-script" in result.out
+    controller = local_cms("logs", cluster, step_id, "--file=controller", "--tail=1")
+    assert controller.code == 0 and len(controller.out.strip().splitlines()) == 1
+
+
+# ---- steps with Spark (few: each starts a JVM) --------------------------------------------------
+
+
+def test_spark_example_sparkpi_prints_pi(emulator, emr, s3, cluster):
+    [step_id] = add(emr, cluster, step("SparkPi", ["spark-example", "SparkPi", "2"]))
+    done = finished(emulator, cluster, step_id, timeout=240)
+    assert done["Status"]["State"] == "COMPLETED", done["Status"]
+    assert "Pi is roughly 3.1" in log_of(s3, cluster, step_id, "stdout")
+    [missing] = add(emr, cluster, step("no such", ["spark-example", "SparkNoSuchThing"]))
+    failed = finished(emulator, cluster, missing)
+    assert failed["Status"]["FailureDetails"]["Reason"] == "Example not available"
+    assert "SparkNoSuchThing" in failed["Status"]["FailureDetails"]["Message"]
+
+
+@pytest.mark.skipif(not shutil.which("javac") or not shutil.which("jar"), reason="needs a JDK")
+def test_a_custom_jar_step_runs_its_main_class(emulator, emr, s3, cluster, bucket, tmp_path):
+    import pyspark
+
+    jars = Path(pyspark.__file__).parent / "jars"
+    source = tmp_path / "demo" / "Hello.java"
+    source.parent.mkdir()
+    source.write_text(textwrap.dedent(JAVA_MAIN))
+    subprocess.run(["javac", "-cp", f"{jars}/*", "-d", str(tmp_path / "classes"), str(source)],
+                   check=True, capture_output=True, timeout=180)
+    jar = tmp_path / "hello.jar"
+    subprocess.run(["jar", "cf", str(jar), "-C", str(tmp_path / "classes"), "."], check=True,
+                   capture_output=True, timeout=60)
+    s3.upload_file(str(jar), bucket, "jobs/hello.jar")
+    [step_id] = add(emr, cluster, step("jar", ["one", "two"], jar=f"s3://{bucket}/jobs/hello.jar",
+                                       MainClass="demo.Hello"))
+    done = finished(emulator, cluster, step_id, timeout=240)
+    assert done["Status"]["State"] == "COMPLETED", done["Status"]
+    assert "hello from a jar: one,two on Spark 3." in log_of(s3, cluster, step_id, "stdout")
