@@ -49,7 +49,11 @@ def write_json(path, data, mode=0o600):
     never half of one, and a crash right after leaves the new one on disk."""
     path = Path(path)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:  # a leftover of a crash: start afresh, so the mode below holds
+        partial.unlink()
+    except FileNotFoundError:
+        pass
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(descriptor, "w") as handle:
             handle.write(json.dumps(data, indent=2) + "\n")

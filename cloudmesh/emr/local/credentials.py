@@ -74,20 +74,14 @@ def read(state_dir):
 
 
 def write(state_dir, credentials):
-    """Write the pair atomically, readable by this user only (0600 from the start)."""
-    file = path(state_dir)
-    partial = file.with_name(f".{FILE}.{os.getpid()}.partial")
-    try:
-        partial.unlink()
-    except FileNotFoundError:
-        pass
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        json.dump({"AccessKeyId": credentials.access_key_id,
-                   "SecretAccessKey": credentials.secret_access_key,
-                   "Created": datetime.now(timezone.utc).isoformat()}, handle, indent=2)
-        handle.write("\n")
-    os.replace(partial, file)
+    """Write the pair atomically (write, fsync, rename), readable by this user only
+    (0600 from the start)."""
+    from cloudmesh.emr.processes import write_json
+
+    write_json(path(state_dir), {"AccessKeyId": credentials.access_key_id,
+                                 "SecretAccessKey": credentials.secret_access_key,
+                                 "Created": datetime.now(timezone.utc).isoformat()},
+               mode=0o600)
 
 
 def ensure(state_dir):

@@ -108,10 +108,9 @@ def _save_emr(state_dir, now=None):
         for region, backend in list(regions.items()):
             for cluster in list(backend.clusters.values()):
                 clusters.append(dict(snapshot(cluster, now), account=account, region=region))
-    path = state_dir / EMR_FILE
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps({"clusters": clusters}, indent=1))
-    os.replace(partial, path)
+    from cloudmesh.emr.processes import write_json
+
+    write_json(state_dir / EMR_FILE, {"clusters": clusters})  # atomic: write, fsync, rename
     return len(clusters)
 
 
