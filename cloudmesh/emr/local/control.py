@@ -165,6 +165,38 @@ def env(state=None):
     }
 
 
+def moto_api(path, method="POST", body=b"", state=None, timeout=60):
+    """Call moto's own ``/moto-api/...`` on the running emulator, signed with its credentials.
+
+    For test harnesses (``moto_api("/moto-api/reset")`` empties every backend); the
+    daemon refuses unsigned calls like any other. Returns (HTTP status, body bytes).
+    """
+    import urllib.error
+    import urllib.request
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from cloudmesh.emr.local import credentials
+
+    state = _state(state)
+    url = require_endpoint(state) + "/" + path.lstrip("/")
+    pair = credentials.read(state)
+    if pair is None:
+        raise EmrError(f"the local emulator keeps no valid credentials in {state}")
+    request = AWSRequest(method=method, url=url, data=body)
+    SigV4Auth(Credentials(pair.access_key_id, pair.secret_access_key), "s3",
+              credentials.REGION).add_auth(request)
+    prepared = urllib.request.Request(url, data=body or None, method=method,
+                                      headers=dict(request.headers.items()))
+    try:
+        with urllib.request.urlopen(prepared, timeout=timeout) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
 def start(port=None, delay=None, state=None):
     """Start the daemon detached (or find the running one) and wait until it serves.
 

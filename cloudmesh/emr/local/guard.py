@@ -75,6 +75,11 @@ REFUSALS = {
         "query": (403, "SignatureDoesNotMatch"), "ec2": (401, "AuthFailure"),
         "s3": (403, "RequestTimeTooSkewed"),
     },
+    "sigv2": {
+        "json": (400, "IncompleteSignature"), "cbor": (400, "IncompleteSignature"),
+        "query": (400, "IncompleteSignature"), "ec2": (401, "AuthFailure"),
+        "s3": (400, "InvalidRequest"),
+    },
     "host": {
         "json": (403, "AccessDeniedException"), "cbor": (403, "AccessDeniedException"),
         "query": (403, "AccessDenied"), "ec2": (403, "UnauthorizedOperation"),
@@ -96,6 +101,10 @@ MESSAGES = {
     ),
     "expired": "Request has expired",
     "skewed": "The difference between the request time and the current time is too large",
+    "sigv2": (
+        "The authorization mechanism you have provided is not supported. Please use "
+        "AWS4-HMAC-SHA256 (boto3: Config(signature_version='s3v4') for presigned URLs)"
+    ),
     "host": "the local emulator answers only requests for Host 127.0.0.1:{port} or localhost:{port}",
     "preflight": "the local emulator does not answer cross-origin (CORS) requests",
 }
@@ -162,7 +171,9 @@ class Guard:
         if header:
             match = AUTHORIZATION.match(header)
             if not match:
-                raise Refusal("missing")  # SigV2, a bearer token, ...: not SigV4
+                if header.startswith("AWS "):
+                    raise Refusal("sigv2")
+                raise Refusal("missing")  # a bearer token, ...: no AWS signature
             timestamp = _header_timestamp(environ)
             self._verify(environ, match["scope"], match["signed"], match["signature"],
                          timestamp, presigned=None)
@@ -179,6 +190,8 @@ class Guard:
                          values.get("X-Amz-SignedHeaders", ""), values.get("X-Amz-Signature", ""),
                          values.get("X-Amz-Date", ""), presigned=expires)
             return
+        if "Signature" in values and "AWSAccessKeyId" in values:
+            raise Refusal("sigv2")  # a presigned URL of Signature Version 2
         raise Refusal("missing")
 
     def _verify(self, environ, scope, signed, signature, timestamp, presigned):
