@@ -267,3 +267,49 @@ def test_a_custom_jar_step_runs_its_main_class(emulator, emr, s3, cluster, bucke
     done = finished(emulator, cluster, step_id, timeout=240)
     assert done["Status"]["State"] == "COMPLETED", done["Status"]
     assert "hello from a jar: one,two on Spark 3." in log_of(s3, cluster, step_id, "stdout")
+
+
+# ---- failing programs on the emulator, each diagnosed to its class with its line ------------
+
+FAILING = {
+    # class: (program, the line, the program line the diagnosis names or None)
+    "syntax-error": ("import sys\ndef broken(:\n    pass\n", "SyntaxError: invalid syntax", 2),
+    "missing-module": ("import sys\nimport no_such_module_here\n",
+                       "ModuleNotFoundError: No module named 'no_such_module_here'", 2),
+    "java-exception": (
+        "from pyspark.sql import SparkSession\n"
+        "spark = SparkSession.builder.getOrCreate(); spark.sparkContext.setLogLevel('ERROR')\n"
+        "spark.sparkContext._jvm.java.net.URI('::bad')\n",
+        "java.net.URISyntaxException: Expected scheme name at index 0: ::bad", 3),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FAILING))
+def test_failing_programs_are_diagnosed(emulator, emr, s3, cluster, bucket, local_cms, kind):
+    program, line, number = FAILING[kind]
+    s3.put_object(Bucket=bucket, Key=f"broken/{kind}.py", Body=program.encode())
+    result = local_cms("run", cluster, bucket, f"broken/{kind}.py", "--name", kind)
+    assert result.code == 0, result.err
+    step_id = result.out.strip()
+    assert finished(emulator, cluster, step_id, timeout=240)["Status"]["State"] == "FAILED"
+    found = json.loads(local_cms("diagnose", cluster, step_id, "--format=json").out)[0]
+    assert found["Class"] == kind, found
+    assert "Where" in found, {k: found.get(k) for k in ("Line", "Log", "LogLine", "Excerpt")}
+    assert found["Line"] == line
+    assert found["Where"]["File"] == f"s3://{bucket}/broken/{kind}.py" or \
+        found["Where"]["File"].endswith(f"/{kind}.py")
+    assert found["Where"]["Line"] == number
+    assert found["Name"] == kind
+
+
+def test_cheap_failures_need_no_spark_job(emulator, emr, s3, cluster, bucket, local_cms):
+    """A missing application (before Spark starts) and a bad spark-submit option."""
+    missing = local_cms("run", cluster, bucket, "jobs/typo.py").out.strip()
+    bad = add(emr, cluster, step("bad option", ["spark-submit", "--no-such-option",
+                                                f"s3://{bucket}/jobs/mapper.py"]))[0]
+    for step_id, kind, words in ((missing, "s3-not-found", f"s3://{bucket}/jobs/typo.py"),
+                                 (bad, "bad-arguments", "--no-such-option")):
+        assert finished(emulator, cluster, step_id, timeout=120)["Status"]["State"] == "FAILED"
+        found = json.loads(local_cms("diagnose", cluster, step_id, "--format=json").out)[0]
+        assert found["Class"] == kind, found
+        assert words in found["Line"]

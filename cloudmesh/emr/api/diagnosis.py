@@ -188,14 +188,15 @@ def diagnose(logs, table_=None):
             for rule in table_.rules:
                 match = rule.pattern.search(line)
                 if match and _in_context(rule, lines, index, table_.frames):
-                    found.append(((rule.priority, -rank), rule, match, log, lines, index))
+                    found.append((rule.priority, -rank, rule, match, log, lines, index))
     if not found:
         return _unknown(logs, table_)
     top = max(candidate[0] for candidate in found)
-    # of the lines that say it equally well, one with a stack trace behind it, then the last
+    # of the lines that say it equally well: one with a stack trace behind it, then the
+    # preferred log, then the last line
     best = max((c for c in found if c[0] == top),
-               key=lambda c: (where(c[4], c[5], table_) is not None, c[5]))
-    _, rule, match, log, lines, index = best
+               key=lambda c: (where(c[5], c[6], table_) is not None, c[1], c[6]))
+    _, _, rule, match, log, lines, index = best
     groups = _Groups({k: v for k, v in match.groupdict().items() if v})
     said = (groups.get("line") or lines[index]).strip()
     said = said[2:] if said.startswith(": ") else said  # py4j's line of the Java cause
