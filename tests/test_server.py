@@ -163,7 +163,7 @@ def test_spec_is_valid_openapi_and_names_our_functions():
     validate(spec)
     operations = {(method.upper(), path): op for path, item in spec["paths"].items()
                   for method, op in item.items() if method != "parameters"}
-    assert set(operations) == {
+    assert set(operations) >= {  # the operations of issue 4; later issues add more
         ("GET", "/clusters"), ("POST", "/clusters"), ("GET", "/clusters/{cluster_id}"),
         ("DELETE", "/clusters/{cluster_id}"), ("GET", "/clusters/{cluster_id}/instances"),
         ("GET", "/clusters/{cluster_id}/steps"), ("POST", "/clusters/{cluster_id}/steps"),
@@ -658,7 +658,7 @@ def test_database_unreachable_answers_the_result_and_journals_it(cm, emr):
 def test_an_unexpected_failure_is_a_500_problem_without_internals(client, monkeypatch, caplog):
     from cloudmesh.emr.api.provider import Provider
 
-    def broken(self, status=None):
+    def broken(self, status=None, **query):
         raise RuntimeError("internal detail: /secret/path line 42")
 
     monkeypatch.setattr(Provider, "list_clusters", broken)
@@ -672,7 +672,7 @@ def test_an_answer_that_does_not_fit_the_spec_is_a_500_problem_and_logged(client
                                                                            caplog):
     from cloudmesh.emr.api.provider import Provider
 
-    monkeypatch.setattr(Provider, "list_clusters", lambda self, status=None: [{"Name": "no id"}])
+    monkeypatch.setattr(Provider, "list_clusters", lambda self, status=None, **query: [{"Name": "no id"}])
     with caplog.at_level(logging.ERROR, logger="cloudmesh.emr.server"):
         problem = is_problem(client.get("/clusters"), 500)
     assert problem["type"].endswith(":internal") and "no id" not in json.dumps(problem)
@@ -971,6 +971,8 @@ def test_schemathesis_finds_no_server_error_and_no_nonconforming_answer(emr, s3,
     for name in ("stderr", "stdout", "controller", "syslog"):
         s3.put_object(Bucket="data-bucket", Key=f"logs/{waiting}/steps/{step}/{name}.gz",
                       Body=gzip.compress(b"a line\n"))
+    core_group, = [g["Id"] for g in emr.list_instance_groups(ClusterId=waiting)["InstanceGroups"]
+                   if g["InstanceGroupType"] == "CORE"]
 
     app = create_app(token=TOKEN, host="0.0.0.0")
     host = {"Host": "127.0.0.1:8080"}  # the service's own address: anything else is a 400
@@ -1003,6 +1005,14 @@ def test_schemathesis_finds_no_server_error_and_no_nonconforming_answer(emr, s3,
                         case.path_parameters["step_id"] = step
                     if "bucket" in case.path_parameters:
                         case.path_parameters["bucket"] = "data-bucket"
+                    if "group_id" in case.path_parameters:
+                        case.path_parameters["cluster_id"] = waiting
+                        case.path_parameters["group_id"] = core_group
+                if positive and isinstance(case.body, dict) and \
+                        operation.label == "PATCH /clusters/{cluster_id}":
+                    # moto in this process lacks the policy operations (the emulator has them)
+                    for field in ("idle_timeout", "scaling"):
+                        case.body.pop(field, None)
                 response = case.call(headers=headers)
                 seen.setdefault(operation.label, set()).add(response.status_code)
                 case.validate_response(response, checks=mode_checks, headers=headers)

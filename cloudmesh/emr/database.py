@@ -23,7 +23,7 @@ from pathlib import Path
 from cloudmesh.emr.config import Settings, state_dir
 from cloudmesh.emr.errors import DatabaseError, shorten
 
-KINDS = ("cluster", "instance", "step", "action")
+KINDS = ("cluster", "instance", "step", "action", "group", "metric")
 DUPLICATE_KEY = 11000
 INT64 = (-(2 ** 63), 2 ** 63 - 1)
 TIMEOUT_MS = 3000

@@ -133,7 +133,35 @@ COLUMNS = {
         ("Action", "Action"), ("Target", "Target"), ("Cluster", "ClusterId"),
         ("Result", action_result), ("Time", "Time"),
     ],
+    "group": [
+        ("Id", "Id"), ("Type", lambda g: role(g)), ("Market", lambda g: group_market(g)),
+        ("Instance type", lambda g: group_types(g)), ("Requested", lambda g: group_count(g, "Requested")),
+        ("Running", lambda g: group_count(g, "Running")), ("State", "Status.State"),
+    ],
 }
+
+
+def group_market(group):
+    """ON_DEMAND or SPOT (with the bid, when there is one); a fleet's mix of both."""
+    if group.get("Market"):
+        bid = group.get("BidPrice")
+        return f"{group['Market']} {bid}" if bid and group["Market"] == "SPOT" else group["Market"]
+    markets = [m for m, key in (("ON_DEMAND", "TargetOnDemandCapacity"),
+                                ("SPOT", "TargetSpotCapacity")) if group.get(key)]
+    return "+".join(markets)
+
+
+def group_types(group):
+    return group.get("InstanceType") or _join(
+        spec.get("InstanceType") for spec in group.get("InstanceTypeSpecifications", []))
+
+
+def group_count(group, which):
+    """Requested or Running instances of a group; a fleet's target or provisioned capacity."""
+    value = group.get(f"{which}InstanceCount")
+    if value is None:
+        value = capacity(group, "Target" if which == "Requested" else "Provisioned")
+    return value
 
 
 def cell(record, column):
@@ -263,6 +291,52 @@ def render_one(record, fmt="table", pairs=None):
                                              if not isinstance(v, (dict, list))]
     body = [[field, "" if value is None else value] for field, value in pairs]
     return _table(["Field", "Value"], body) if fmt == "table" else _csv(["Field", "Value"], body)
+
+
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values):
+    """One line of block characters, low to high, for a series of numbers."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    if high == low:
+        return SPARKS[0 if high == 0 else len(SPARKS) // 2] * len(values)
+    scale = (len(SPARKS) - 1) / (high - low)
+    return "".join(SPARKS[round((v - low) * scale)] for v in values)
+
+
+def number(value):
+    if value is None:
+        return ""
+    return f"{value:g}" if isinstance(value, float) else value
+
+
+def render_metrics(records, fmt="table"):
+    """Metric records: the table shows each metric's latest, minimum, maximum and a
+    sparkline; csv carries every data point (Metric, Timestamp, Value); json, yaml and
+    dict the whole records."""
+    fmt = check_format(fmt)
+    if fmt in ("json", "yaml", "dict"):
+        return _whole(records, fmt)
+    if fmt == "csv":
+        body = [[r["Metric"], when(p["Timestamp"]), number(p["Value"])]
+                for r in records for p in r.get("Datapoints", [])]
+        return _csv(["Metric", "Timestamp", "Value"], body)
+    body = [[r["Metric"], number(r.get("Latest")), number(r.get("Minimum")),
+             number(r.get("Maximum")), sparkline(p["Value"] for p in r.get("Datapoints", []))]
+            for r in records]
+    return _table(["Metric", "Latest", "Min", "Max", "Trend"], body)
+
+
+def render_config(document):
+    """A cluster's config document as the YAML file ``start --config`` reads."""
+    import yaml
+
+    return yaml.safe_dump(plain(document), sort_keys=False, default_flow_style=False,
+                          allow_unicode=True).rstrip("\n")
 
 
 class Progress:

@@ -44,6 +44,19 @@ LOG_BYTES = 4 * 1024 * 1024  # of each log, the last 4 MiB are read for a diagno
 LOG_DELAY = 10 * 60  # EMR copies step logs to S3 every few minutes: after 10, they are late
 MOST_APPLICATIONS = 3  # YARN applications of one step whose container logs are read
 BOOTSTRAP_STDERR_LINES = 10
+GROUP_ID = re.compile(r"^[a-z]{1,3}-[A-Za-z0-9]{1,64}$")  # ig-... (moto's: i-...)
+ENDED_STATES = ("TERMINATING", "TERMINATED", "TERMINATED_WITH_ERRORS")
+
+# waiting: seconds between polls on AWS and on the emulator, and the longest wait
+WAIT_DELAY, WAIT_DELAY_LOCAL, WAIT_TIMEOUT = 30, 1, 2 * 3600
+
+# metrics: what `metrics` reads from CloudWatch, and how
+METRICS_NAMESPACE = "AWS/ElasticMapReduce"
+METRICS = ("IsIdle", "AppsRunning", "AppsPending", "ContainerPending",
+           "YARNMemoryAvailablePercentage", "CoreNodesRunning", "TaskNodesRunning",
+           "HDFSUtilization")
+METRICS_PERIOD = 300
+METRICS_SINCE = "3h"
 
 # botocore error codes that mean "your credentials or rights are the problem"
 DENIED = {
@@ -235,6 +248,8 @@ class Provider:
             raise self._client_error(error, what) from None
         except bx.BotoCoreError as error:
             raise AwsError(f"cannot {what}: {error}") from None
+        except NotImplementedError:  # an emulator (moto in this process) without the operation
+            raise AwsError(f"cannot {what}: the endpoint does not implement it") from None
 
     def _client_error(self, error, what):
         code, message = error_of(error)
@@ -306,15 +321,39 @@ class Provider:
 
     # ---- list and describe ------------------------------------------------------------
 
-    def list_clusters(self, status=None):
+    def list_clusters(self, status=None, created_after=None, created_before=None):
+        """Every cluster (newest first) in the states ``status`` names, created after and
+        before the points in time given (datetimes, or words durations.moment reads)."""
         states = vocabulary.translate("cluster status", status)
         query = {"ClusterStates": states} if states else {}
+        after = self._moment(created_after, "--created-after")
+        before = self._moment(created_before, "--created-before")
+        if after and before and after >= before:
+            raise UsageError(f"--created-after ({after.isoformat()}) must be before "
+                             f"--created-before ({before.isoformat()})")
+        if after:
+            query["CreatedAfter"] = after
+        if before:
+            query["CreatedBefore"] = before
         clusters = self._pages("list_clusters", "Clusters", "list clusters", **query)
         if states:  # some endpoints ignore the filter: check it here too
             clusters = [c for c in clusters if c["Status"]["State"] in states]
-        clusters = newest_first(utc(clusters))
+        clusters = utc(clusters)
+        if after:
+            clusters = [c for c in clusters if created(c) >= after]
+        if before:
+            clusters = [c for c in clusters if created(c) <= before]
+        clusters = newest_first(clusters)
         self._record("cluster", clusters)
         return clusters
+
+    @staticmethod
+    def _moment(value, option):
+        if value is None or isinstance(value, datetime.datetime):
+            return utc(value)
+        from cloudmesh.emr import durations
+
+        return durations.moment(value, option)
 
     def _group_types(self, cluster_id, instances):
         """Instance group (or fleet) id -> MASTER/CORE/TASK for the cluster's instances."""
@@ -445,58 +484,80 @@ class Provider:
                     f"{MIN_VCPU} (one for the node manager, one for work): try m5.xlarge"
                 )
 
-    def start(self, name, master=None, node=None, count=None, release=None):
-        """Create a Spark cluster with run_job_flow; return the action record."""
+    # the options of start besides NAME, as keyword arguments (see jobflow.build)
+    START_OPTIONS = ("master", "node", "count", "release", "task", "task_count", "spot", "bid",
+                     "auto_terminate", "idle_timeout", "scaling", "loguri", "key", "subnet",
+                     "zone", "bootstrap", "tags")
+
+    def start(self, name, config=None, **options):
+        """Create a Spark cluster with run_job_flow; return the action record.
+
+        ``config`` is a document in RunJobFlow's shape (a ``--config`` file); ``name`` and
+        ``options`` (START_OPTIONS) go over it, cloudmesh.yaml's defaults fill the rest.
+        """
+        from cloudmesh.emr.api import jobflow
+
         self.warnings = []
-        check_text("NAME", name)
-        if not isinstance(name, str) or not name.strip() or len(name) > 256:
-            raise UsageError("the cluster NAME must be 1 to 256 characters")
-        master = master or self.settings.emr_default("master")
-        node = node or self.settings.emr_default("node")
-        release = release or self.settings.emr_default("release")
-        count = self.settings.emr_default("count") if count is None else count
-        if isinstance(count, bool) or not COUNT.match(str(count)) or int(count) < 1:
+        if name is not None:
+            check_text("NAME", name)
+        unknown = set(options) - set(self.START_OPTIONS)
+        if unknown:
+            raise TypeError(f"start() got unknown options {sorted(unknown)}")
+        release = options.get("release")
+        if release is not None and not RELEASE_LABEL.match(str(release)):
+            raise UsageError(f"--release: '{shorten(release)}' is not a release label like "
+                             "emr-7.12.0")
+        for option in ("master", "node", "task"):
+            value = options.get(option)
+            if value is not None and not INSTANCE_TYPE.match(str(value)):
+                raise UsageError(f"--{option}: '{shorten(value)}' is not an instance type like "
+                                 "m5.xlarge")
+        count = options.get("count")
+        if count is not None and (isinstance(count, bool) or not COUNT.match(str(count))
+                                  or int(count) < 1):
             raise UsageError(f"--count: '{shorten(count)}' is not a whole number of at least 1 "
                              "(1 master plus COUNT-1 core nodes)")
-        count = int(count)
+        request, wanted = jobflow.build(name, self.settings, config=config, **options)
+        release = request["ReleaseLabel"]
         if not RELEASE_LABEL.match(str(release)):
-            raise UsageError(f"--release: '{shorten(release)}' is not a release label like emr-7.12.0")
-        for option, value in (("--master", master), ("--node", node)):
+            where = "--release" if options.get("release") else "ReleaseLabel"
+            raise UsageError(f"{where}: '{shorten(release)}' is not a release label like "
+                             "emr-7.12.0")
+        for where, value in wanted:
             if not INSTANCE_TYPE.match(str(value)):
-                raise UsageError(f"{option}: '{shorten(value)}' is not an instance type like m5.xlarge")
-        if count == 1:
+                raise UsageError(f"{where}: '{shorten(value)}' is not an instance type like "
+                                 "m5.xlarge")
+        groups = request["Instances"].get("InstanceGroups") or []
+        if groups and not any(g.get("InstanceRole") == "CORE" for g in groups):
             self.warnings.append(
                 "--count=1: the cluster has no core nodes; Spark runs on the master alone"
             )
-        wanted = [("--master", master)] + ([("--node", node)] if count > 1 else [])
-        self._check_instance_types(release, wanted)
+        self._check_instance_types(release, list(dict.fromkeys(wanted)))
 
-        groups = [{"Name": "Master", "InstanceRole": "MASTER", "Market": "ON_DEMAND",
-                   "InstanceType": master, "InstanceCount": 1}]
-        if count > 1:
-            groups.append({"Name": "Core", "InstanceRole": "CORE", "Market": "ON_DEMAND",
-                           "InstanceType": node, "InstanceCount": count - 1})
-        request = {
-            "Name": name,
-            "ReleaseLabel": release,
-            "Applications": [{"Name": "Spark"}, {"Name": "Hadoop"}],
-            "Instances": {"InstanceGroups": groups, "KeepJobFlowAliveWhenNoSteps": True,
-                          "TerminationProtected": False},
-            "JobFlowRole": "EMR_EC2_DefaultRole",
-            "ServiceRole": "EMR_DefaultRole",
-            "VisibleToAllUsers": True,
-        }
-        log_uri = self.settings.emr_default("loguri")
-        if log_uri:
-            request["LogUri"] = log_uri
-        asked = {"Name": name, "ReleaseLabel": release, "Master": master, "Node": node,
-                 "Count": count, **({"LogUri": log_uri} if log_uri else {})}
+        name = request["Name"]
+        asked = {**jobflow.summary(request), "RunJobFlow": self._redacted(request)}
         emr = self.client("emr")
         answer = self._ask("start", name, f"start cluster {name}",
                            lambda: emr.run_job_flow(**request), request=asked)
         cluster_id = answer["JobFlowId"]
         return self._action("start", cluster_id, cluster=cluster_id, response=answer,
                             request=asked)
+
+    @staticmethod
+    def _redacted(request):
+        """The request as it may be stored or shown: configuration properties that hold
+        secrets are masked."""
+        import copy
+
+        from cloudmesh.emr.api import jobflow
+
+        request = copy.deepcopy(request)
+        if request.get("Configurations"):
+            request["Configurations"] = jobflow.redact_configurations(request["Configurations"])
+        for group in (request.get("Instances") or {}).get("InstanceGroups") or []:
+            if group.get("Configurations"):
+                group["Configurations"] = jobflow.redact_configurations(group["Configurations"])
+        return request
 
     def stop(self, cluster_ids):
         """Terminate each cluster; return one action record per cluster.
@@ -993,6 +1054,352 @@ class Provider:
             if step["Id"] in by_step:
                 step["Diagnosis"] = by_step[step["Id"]]
         return steps
+
+
+    # ---- waiting --------------------------------------------------------------------------
+
+    def wait_defaults(self):
+        """(delay, timeout) in seconds: 1 s on the emulator, 30 s on AWS; two hours."""
+        from cloudmesh.emr.config import LOCAL
+
+        return (WAIT_DELAY_LOCAL if self.cloud == LOCAL else WAIT_DELAY), WAIT_TIMEOUT
+
+    def _wait_times(self, delay, timeout):
+        from cloudmesh.emr import durations
+
+        default_delay, default_timeout = self.wait_defaults()
+        delay = default_delay if delay is None else durations.seconds(delay, "--delay")
+        timeout = default_timeout if timeout is None else durations.seconds(timeout, "--timeout")
+        if delay <= 0:
+            raise UsageError(f"--delay: {delay} must be more than 0 seconds")
+        return delay, timeout
+
+    def wait_cluster(self, cluster_id, until="running", delay=None, timeout=None,
+                     progress=None):
+        """Wait until the cluster is RUNNING or WAITING (``until`` running), WAITING or
+        TERMINATED; return its description. ``progress(id, state, reason)`` hears each
+        answer. An EmrError (exit 1) when it ended instead, or on timeout."""
+        from cloudmesh.emr import durations
+        from cloudmesh.emr.api import waiting
+
+        self.warnings = []
+        check_cluster_id(cluster_id)
+        word = str(until or "running").strip().lower()
+        if word not in waiting.UNTIL:
+            raise UsageError(f"--until: '{durations.shown(until)}' is not a state to wait "
+                             f"for; use one of: {', '.join(waiting.UNTIL)}")
+        delay, timeout = self._wait_times(delay, timeout)
+
+        def heard(response):
+            cluster = response.get("Cluster")
+            if cluster and progress is not None:
+                status = cluster.get("Status") or {}
+                progress(cluster_id, status.get("State"),
+                         (status.get("StateChangeReason") or {}).get("Message"))
+
+        emr = self.client("emr")
+        with self._aws(f"wait for cluster {cluster_id}"):
+            outcome = waiting.wait(emr, waiting.UNTIL[word], delay, timeout, heard,
+                                   ClusterId=cluster_id)
+        if outcome.result == "error":
+            raise self._waiter_error(outcome.response, f"wait for cluster {cluster_id}")
+        cluster = utc(outcome.response.get("Cluster") or {})
+        if cluster:
+            self._record("cluster", [cluster])
+        status = cluster.get("Status") or {}
+        state = status.get("State")
+        reason = (status.get("StateChangeReason") or {}).get("Message")
+        if outcome.result == "timeout":
+            raise AwsError(f"cluster {cluster_id} is still {state} after "
+                           f"{durations.human(timeout)}")
+        if outcome.result == "failure":
+            raise AwsError(f"cluster {cluster_id} ended {state}" +
+                           (f": {reason}" if reason else ""))
+        return cluster
+
+    def _waiter_error(self, response, what):
+        import botocore.exceptions as bx
+
+        return self._client_error(bx.ClientError(response, "Describe"), what)
+
+    def wait_steps(self, cluster_id, step_ids, delay=None, timeout=None, progress=None):
+        """Wait until every step has ended; return the final step records, in the order
+        given. ``progress(id, state, reason)`` hears each answer; an EmrError on timeout."""
+        import time
+
+        from cloudmesh.emr import durations
+        from cloudmesh.emr.api import waiting
+
+        self.warnings = []
+        check_cluster_id(cluster_id)
+        for step_id in step_ids:
+            if not isinstance(step_id, str) or not STEP_ID.match(step_id):
+                raise UsageError(f"'{step_id}' is not a step id; step ids look like "
+                                 "s-2AXXXXXXGAPLF (see 'cms emr list steps CLUSTERID')")
+        delay, timeout = self._wait_times(delay, timeout)
+        deadline = time.monotonic() + timeout
+        emr = self.client("emr")
+        steps = []
+        for step_id in dict.fromkeys(step_ids):
+            def heard(response, step_id=step_id):
+                step = response.get("Step")
+                if step and progress is not None:
+                    status = step.get("Status") or {}
+                    failure = status.get("FailureDetails") or {}
+                    progress(step_id, status.get("State"), failure.get("Message") or
+                             (status.get("StateChangeReason") or {}).get("Message"))
+
+            left = max(deadline - time.monotonic(), 0)
+            with self._aws(f"wait for step {step_id}"):
+                outcome = waiting.wait(emr, "StepEnded", delay, left, heard,
+                                       ClusterId=cluster_id, StepId=step_id)
+            if outcome.result == "error":
+                raise self._waiter_error(outcome.response, f"wait for step {step_id}")
+            step = utc(outcome.response.get("Step") or {})
+            step["ClusterId"] = cluster_id
+            self._record("step", [step], cluster=cluster_id)
+            if outcome.result == "timeout":
+                raise AwsError(f"step {step_id} is still {step['Status']['State']} after "
+                               f"{durations.human(timeout)}")
+            steps.append(step)
+        return steps
+
+    # ---- changing a running cluster ---------------------------------------------------------
+
+    def _active(self, cluster_id, what):
+        cluster = self._describe(cluster_id)
+        state = cluster["Status"]["State"]
+        if state in ENDED_STATES:
+            raise Conflict(f"cannot {what}: cluster {cluster_id} is {state}")
+        return cluster
+
+    def modify(self, cluster_id, concurrency=None, idle_timeout=None, scaling=None):
+        """Change the step concurrency (1..256), the idle timeout (a duration, or off) and
+        the managed scaling limits (MIN:MAX, or off) of a cluster; return the action."""
+        from cloudmesh.emr.api import jobflow
+
+        self.warnings = []
+        check_cluster_id(cluster_id)
+        if concurrency is None and idle_timeout is None and scaling is None:
+            raise UsageError("modify needs at least one of --concurrency, --idle-timeout, "
+                             "--scaling")
+        calls = []
+        request = {"ClusterId": cluster_id}
+        if concurrency is not None:
+            level = jobflow.whole(concurrency, "--concurrency", jobflow.STEP_CONCURRENCY_MIN,
+                                  jobflow.STEP_CONCURRENCY_MAX)
+            request["StepConcurrencyLevel"] = level
+            calls.append(("modify_cluster", {"StepConcurrencyLevel": level}))
+        if idle_timeout is not None:
+            if str(idle_timeout).strip().lower() in jobflow.OFF:
+                request["AutoTerminationPolicy"] = None
+                calls.append(("remove_auto_termination_policy", {}))
+            else:
+                policy = jobflow.idle_policy(idle_timeout)
+                request["AutoTerminationPolicy"] = policy
+                calls.append(("put_auto_termination_policy", {"AutoTerminationPolicy": policy}))
+        if scaling is not None:
+            if str(scaling).strip().lower() in jobflow.OFF:
+                request["ManagedScalingPolicy"] = None
+                calls.append(("remove_managed_scaling_policy", {}))
+            else:
+                policy = jobflow.scaling_policy(scaling)
+                request["ManagedScalingPolicy"] = policy
+                calls.append(("put_managed_scaling_policy", {"ManagedScalingPolicy": policy}))
+        self._active(cluster_id, f"modify cluster {cluster_id}")
+        emr = self.client("emr")
+        answers = {}
+        for method, params in calls:
+            answer = self._ask("modify", cluster_id, f"modify cluster {cluster_id}",
+                               lambda: getattr(emr, method)(ClusterId=cluster_id, **params),
+                               cluster=cluster_id, request=request)
+            answers.update({k: v for k, v in answer.items() if k != "ResponseMetadata"})
+        return self._action("modify", cluster_id, cluster=cluster_id, request=request,
+                            response=answers)
+
+    def protect(self, cluster_id, on):
+        """Turn termination protection on or off; return the action."""
+        self.warnings = []
+        check_cluster_id(cluster_id)
+        self._active(cluster_id, f"change the protection of {cluster_id}")
+        request = {"ClusterId": cluster_id, "TerminationProtected": bool(on)}
+        emr = self.client("emr")
+        answer = self._ask("protect", cluster_id, f"change the protection of {cluster_id}",
+                           lambda: emr.set_termination_protection(
+                               JobFlowIds=[cluster_id], TerminationProtected=bool(on)),
+                           cluster=cluster_id, request=request)
+        return self._action("protect", cluster_id, cluster=cluster_id, request=request,
+                            response=answer)
+
+    def list_groups(self, cluster_id):
+        """The cluster's instance groups (or fleets), master first."""
+        check_cluster_id(cluster_id)
+        cluster = self._describe(cluster_id)
+        if cluster.get("InstanceCollectionType") == "INSTANCE_FLEET":
+            groups = self._pages("list_instance_fleets", "InstanceFleets",
+                                 f"list the instance fleets of {cluster_id}",
+                                 ClusterId=cluster_id)
+        else:
+            groups = self._pages("list_instance_groups", "InstanceGroups",
+                                 f"list the instance groups of {cluster_id}",
+                                 ClusterId=cluster_id)
+        order = {"MASTER": 0, "CORE": 1, "TASK": 2}
+        groups = utc(groups)
+        for group in groups:
+            group["ClusterId"] = cluster_id
+        groups.sort(key=lambda g: order.get(g.get("InstanceGroupType") or
+                                            g.get("InstanceFleetType"), 3))
+        self._record("group", groups, cluster=cluster_id)
+        return groups
+
+    def add_task(self, cluster_id, node=None, count=None, spot=False, bid=None):
+        """Add a TASK instance group (on demand, or spot); return the action, whose
+        Target is the new group's id."""
+        from cloudmesh.emr.api import jobflow
+
+        self.warnings = []
+        check_cluster_id(cluster_id)
+        node = node or self.settings.emr_default("node")
+        if not INSTANCE_TYPE.match(str(node)):
+            raise UsageError(f"--node: '{node}' is not an instance type like m5.xlarge")
+        count = jobflow.whole(1 if count is None else count, "--count", minimum=1)
+        group = jobflow.task_group(node, count, spot=bool(spot), bid=bid)
+        jobflow.validate({"JobFlowId": cluster_id, "InstanceGroups": [group]},
+                         "AddInstanceGroups", "add task")
+        cluster = self._active(cluster_id, f"add a task group to {cluster_id}")
+        if cluster.get("InstanceCollectionType") == "INSTANCE_FLEET":
+            raise UsageError(f"cluster {cluster_id} uses instance fleets; add task capacity "
+                             "to its task fleet instead")
+        self._check_instance_types(cluster.get("ReleaseLabel"), [("--node", node)])
+        emr = self.client("emr")
+        answer = self._ask("add task", cluster_id, f"add a task group to {cluster_id}",
+                           lambda: emr.add_instance_groups(JobFlowId=cluster_id,
+                                                           InstanceGroups=[group]),
+                           cluster=cluster_id, request=group)
+        ids = answer.get("InstanceGroupIds") or []
+        return self._action("add task", ids[0] if ids else cluster_id, cluster=cluster_id,
+                            request=group, response=answer)
+
+    def resize(self, cluster_id, group_id, count):
+        """Set the instance count of a CORE or TASK group; return the action."""
+        from cloudmesh.emr.api import jobflow
+
+        self.warnings = []
+        check_cluster_id(cluster_id)
+        if not isinstance(group_id, str) or not GROUP_ID.match(group_id):
+            raise UsageError(f"'{group_id}' is not an instance group id; ids look like "
+                             f"ig-2AXXXXXXGAPLF (see 'cms emr list groups {cluster_id}')")
+        count = jobflow.whole(count, "COUNT", minimum=0)
+        self._active(cluster_id, f"resize a group of {cluster_id}")
+        groups = {g["Id"]: g for g in self._pages(
+            "list_instance_groups", "InstanceGroups",
+            f"list the instance groups of {cluster_id}", ClusterId=cluster_id)}
+        group = groups.get(group_id)
+        if group is None:
+            raise NotFound(f"cluster {cluster_id} has no instance group {group_id}; its "
+                           f"groups: {', '.join(groups) or 'none'}")
+        if group.get("InstanceGroupType") == "MASTER":
+            raise UsageError(f"{group_id} is the MASTER group, which cannot be resized; "
+                             "resize a CORE or TASK group")
+        request = {"ClusterId": cluster_id, "InstanceGroupId": group_id, "InstanceCount": count,
+                   "PreviousCount": group.get("RequestedInstanceCount")}
+        emr = self.client("emr")
+        answer = self._ask("resize", group_id, f"resize {group_id}",
+                           lambda: emr.modify_instance_groups(
+                               ClusterId=cluster_id,
+                               InstanceGroups=[{"InstanceGroupId": group_id,
+                                                "InstanceCount": count}]),
+                           cluster=cluster_id, request=request)
+        return self._action("resize", group_id, cluster=cluster_id, request=request,
+                            response=answer)
+
+    # ---- the cluster as a config file --------------------------------------------------------
+
+    def cluster_config(self, cluster_id):
+        """The cluster as a RunJobFlow document that ``start --config`` accepts and that
+        recreates it: release, applications, groups, bootstrap actions, configurations,
+        tags, log URI and policies; no ids or state; secret properties masked."""
+        import botocore.exceptions as bx
+
+        from cloudmesh.emr.api import jobflow
+
+        cluster = self.describe(cluster_id)
+        bootstrap = self._pages("list_bootstrap_actions", "BootstrapActions",
+                                f"list the bootstrap actions of {cluster_id}",
+                                ClusterId=cluster_id)
+        emr = self.client("emr")
+        policies = {}
+        for key, method in (("AutoTerminationPolicy", "get_auto_termination_policy"),
+                            ("ManagedScalingPolicy", "get_managed_scaling_policy")):
+            with self._aws(f"read the {key} of {cluster_id}"):
+                try:
+                    policies[key] = getattr(emr, method)(ClusterId=cluster_id).get(key)
+                except bx.ClientError as error:
+                    code, message = error_of(error)
+                    if code in DENIED:
+                        raise
+                    self.warnings.append(f"cannot read the {key} of {cluster_id} ({code}); "
+                                         "the config leaves it out")
+                except NotImplementedError:  # an emulator without the operation (moto's)
+                    self.warnings.append(f"the endpoint cannot read the {key} of "
+                                         f"{cluster_id}; the config leaves it out")
+        return jobflow.document(cluster, bootstrap, policies.get("AutoTerminationPolicy"),
+                                policies.get("ManagedScalingPolicy"),
+                                redact=jobflow.redact_configurations)
+
+    # ---- metrics ------------------------------------------------------------------------------
+
+    def metrics(self, cluster_id, since=None):
+        """The cluster's CloudWatch metrics (AWS/ElasticMapReduce, dimension JobFlowId) over
+        ``since`` (a duration, default 3h) in 5-minute periods: one record per metric with
+        its data points (oldest first) and its latest, minimum and maximum values."""
+        import datetime as dt
+
+        from cloudmesh.emr import durations
+
+        self.warnings = []
+        check_cluster_id(cluster_id)
+        span = durations.seconds(since if since is not None else METRICS_SINCE, "--since",
+                                 minimum=METRICS_PERIOD)
+        end = now()
+        start = end - dt.timedelta(seconds=span)
+        self._describe(cluster_id)  # an unknown cluster is NotFound, not an empty answer
+        queries = [{"Id": f"m{i}", "Label": name, "ReturnData": True,
+                    "MetricStat": {"Metric": {"Namespace": METRICS_NAMESPACE, "MetricName": name,
+                                              "Dimensions": [{"Name": "JobFlowId",
+                                                              "Value": cluster_id}]},
+                                   "Period": METRICS_PERIOD, "Stat": "Average"}}
+                   for i, name in enumerate(METRICS)]
+        cloudwatch = self.client("cloudwatch")
+        found = {name: {} for name in METRICS}
+        with self._aws(f"read the metrics of {cluster_id}"):
+            pages = cloudwatch.get_paginator("get_metric_data").paginate(
+                MetricDataQueries=queries, StartTime=start, EndTime=end,
+                ScanBy="TimestampAscending")
+            for page in pages:
+                for result in page.get("MetricDataResults", []):
+                    name = METRICS[int(result["Id"][1:])]
+                    for stamp, value in zip(result.get("Timestamps", []),
+                                            result.get("Values", [])):
+                        found[name][utc(stamp)] = value
+        records = []
+        for name in METRICS:
+            points = [{"Timestamp": stamp, "Value": value}
+                      for stamp, value in sorted(found[name].items())]
+            values = [p["Value"] for p in points]
+            records.append({
+                "Id": f"{cluster_id}/{name}", "ClusterId": cluster_id, "Metric": name,
+                "Namespace": METRICS_NAMESPACE, "Period": METRICS_PERIOD,
+                "StartTime": start, "EndTime": end,
+                "Latest": values[-1] if values else None,
+                "Minimum": min(values) if values else None,
+                "Maximum": max(values) if values else None,
+                "Datapoints": points,
+            })
+        self._record("metric", records, cluster=cluster_id)
+        return records
+
+
 
 
 def step_name(name, default):

@@ -126,9 +126,11 @@ def _answer(provider, body, status=200, headers=None):
 # ---- the operations (operationIds of emr.yaml) --------------------------------------
 
 
-def list_clusters(status=None):
+def list_clusters(status=None, created_after=None, created_before=None):
     provider = _service().provider()
-    return _answer(provider, provider.list_clusters(status=status or None))
+    return _answer(provider, provider.list_clusters(status=status or None,
+                                                    created_after=created_after,
+                                                    created_before=created_before))
 
 
 def describe_cluster(cluster_id):
@@ -147,10 +149,19 @@ def list_steps(cluster_id, state=None):
     return _answer(provider, provider.list_steps(cluster_id, state=state or None))
 
 
+# fields of POST /clusters -> keyword arguments of Provider.start (the rest are the same)
+START_FIELDS = {"tags": None, "name": None, "config": None}
+
+
 def start_cluster(body):
     provider = _service().provider()
-    action = provider.start(body["name"], master=body.get("master"), node=body.get("node"),
-                            count=body.get("count"), release=body.get("release"))
+    options = {key: value for key, value in body.items() if key not in START_FIELDS}
+    if body.get("tags"):
+        options["tags"] = [f"{key}={value}" for key, value in body["tags"].items()]
+    for key in ("count", "task_count"):
+        if options.get(key) is not None:
+            options[key] = str(options[key])
+    action = provider.start(body.get("name"), config=body.get("config"), **options)
     cluster_id = action["Target"]
     return _answer(provider, {"ClusterId": cluster_id, "Action": action}, 201,
                    {"Location": f"/clusters/{cluster_id}"})
@@ -163,6 +174,48 @@ def stop_cluster(cluster_id):
         error = action["Error"]
         raise ERRORS_BY_NAME.get(error["Type"], EmrError)(error["Message"])
     return _answer(provider, {"ClusterId": cluster_id, "Action": action}, 202)
+
+
+def cluster_config(cluster_id):
+    provider = _service().provider()
+    return _answer(provider, provider.cluster_config(cluster_id))
+
+
+def modify_cluster(cluster_id, body):
+    """PATCH /clusters/{id}: modify (concurrency, idle timeout, scaling) and protect."""
+    provider = _service().provider()
+    actions = []
+    changes = {key: body[key] for key in ("concurrency", "idle_timeout", "scaling")
+               if key in body}
+    if changes:
+        actions.append(provider.modify(cluster_id, **changes))
+    if "protected" in body:
+        actions.append(provider.protect(cluster_id, on=body["protected"]))
+    return _answer(provider, {"ClusterId": cluster_id, "Actions": actions})
+
+
+def list_groups(cluster_id):
+    provider = _service().provider()
+    return _answer(provider, provider.list_groups(cluster_id))
+
+
+def add_task_group(cluster_id, body):
+    provider = _service().provider()
+    action = provider.add_task(cluster_id, node=body.get("node"), count=body.get("count"),
+                               spot=bool(body.get("spot")), bid=body.get("bid"))
+    return _answer(provider, {"GroupId": action["Target"], "ClusterId": cluster_id,
+                              "Action": action}, 201)
+
+
+def resize_group(cluster_id, group_id, body):
+    provider = _service().provider()
+    action = provider.resize(cluster_id, group_id, body["count"])
+    return _answer(provider, {"ClusterId": cluster_id, "Actions": [action]})
+
+
+def cluster_metrics(cluster_id, since=None):
+    provider = _service().provider()
+    return _answer(provider, provider.metrics(cluster_id, since=since))
 
 
 # the fields each type of step takes, besides its type

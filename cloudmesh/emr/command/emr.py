@@ -19,7 +19,7 @@ except ImportError:  # standalone: our own `cms` runs it
 BIG_FILE = 8 * 1024 * 1024  # show upload progress above this size, on a terminal
 # the verbs that work on a cloud; each runs as EmrCommand._<verb>(arguments, provider, format)
 VERBS = ("list", "describe", "start", "stop", "upload", "copy", "run", "stream", "cancel", "logs",
-         "diagnose")
+         "diagnose", "wait", "modify", "protect", "add", "resize", "metrics")
 
 
 def say(line=""):
@@ -38,6 +38,51 @@ def say(line=""):
         os.close(devnull)
 
 
+def check_not_empty(arguments):
+    """An option given with nothing after it (an empty shell variable) is bad input, never
+    quietly the default."""
+    for key, value in arguments.items():
+        values = value if isinstance(value, list) else [value]
+        if key.startswith("--") and any(isinstance(v, str) and not v.strip() for v in values):
+            raise UsageError(f"{key}: no value given")
+
+
+class StateLine:
+    """What `wait` shows on stderr: one line per change when stderr is not a terminal, one
+    live line (with the time waited) when it is."""
+
+    def __init__(self, stream=None):
+        import time
+
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty()
+        self.last = None
+        self.width = 0
+        self.start = time.monotonic()
+
+    def __call__(self, ident, state, reason=None):
+        import time
+
+        from cloudmesh.emr import durations
+
+        line = " ".join(f"{ident}: {state}{f' ({reason})' if reason else ''}".split())
+        if self.live:
+            waited = durations.human(int(time.monotonic() - self.start))
+            line = f"{line} [{waited}]"
+            self.stream.write("\r" + line + " " * max(self.width - len(line), 0))
+            self.stream.flush()
+            self.width = len(line)
+        elif (ident, state, reason) != self.last:
+            print(line, file=self.stream, flush=True)
+        self.last = (ident, state, reason)
+
+    def close(self):
+        if self.live and self.width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.width = 0
+
+
 def warn(line):
     """One line on stderr, whatever the message held."""
     print(" ".join(str(line).split()), file=sys.stderr, flush=True)
@@ -51,11 +96,23 @@ class EmrCommand(PluginCommand):
         Manage Amazon EMR clusters that run Apache Spark.
 
         Usage:
-          emr list clusters [--status=STATUS...] [--format=FORMAT] [--cloud=CLOUD]
+          emr list clusters [--status=STATUS...] [--created-after=WHEN] [--created-before=WHEN] [--format=FORMAT] [--cloud=CLOUD]
           emr list instances CLUSTERID [--status=STATUS...] [--type=TYPE...] [--format=FORMAT] [--cloud=CLOUD]
           emr list steps CLUSTERID [--state=STATE...] [--format=FORMAT] [--cloud=CLOUD]
+          emr list groups CLUSTERID [--format=FORMAT] [--cloud=CLOUD]
           emr describe CLUSTERID [--format=FORMAT] [--cloud=CLOUD]
-          emr start NAME [--master=MASTER] [--node=NODE] [--count=COUNT] [--release=LABEL] [--format=FORMAT] [--cloud=CLOUD]
+          emr start NAME [--master=MASTER] [--node=NODE] [--count=COUNT] [--release=LABEL]
+                         [--task=TYPE] [--task-count=N] [--spot] [--bid=PRICE]
+                         [--auto-terminate] [--idle-timeout=DURATION] [--scaling=MIN:MAX]
+                         [--loguri=URI] [--key=KEYPAIR] [--subnet=SUBNET] [--zone=ZONE]
+                         [--bootstrap=ACTION...] [--tag=KEY=VALUE...] [--config=FILE]
+                         [--wait] [--format=FORMAT] [--cloud=CLOUD]
+          emr wait CLUSTERID [STEPID...] [--until=STATE] [--delay=SECONDS] [--timeout=DURATION] [--cloud=CLOUD]
+          emr modify CLUSTERID [--concurrency=N] [--idle-timeout=DURATION] [--scaling=MIN:MAX] [--cloud=CLOUD]
+          emr protect CLUSTERID (on|off) [--cloud=CLOUD]
+          emr add task CLUSTERID [--node=NODE] [--count=COUNT] [--spot] [--bid=PRICE] [--format=FORMAT] [--cloud=CLOUD]
+          emr resize CLUSTERID GROUPID COUNT [--cloud=CLOUD]
+          emr metrics CLUSTERID [--since=DURATION] [--format=FORMAT] [--cloud=CLOUD]
           emr stop CLUSTERID... [--format=FORMAT] [--cloud=CLOUD]
           emr upload FILE BUCKET BUCKETNAME [--cloud=CLOUD]
           emr copy CLUSTERID BUCKET BUCKETNAME [--cloud=CLOUD]
@@ -75,13 +132,15 @@ class EmrCommand(PluginCommand):
 
         Arguments:
           CLUSTERID    a cluster id, such as j-2AXXXXXXGAPLF
+          STEPID       a step id, such as s-2AXXXXXXGAPLF
+          GROUPID      an instance group id, such as ig-2AXXXXXXGAPLF
+          COUNT        the number of instances the group should have
           NAME         the name of the new cluster
           FILE         a local file to upload
           BUCKET       an S3 bucket that exists
           BUCKETNAME   the object name (key) in the bucket
           ARGS         arguments for the Spark program; put -- before them
                        when they start with a dash
-          STEPID       a step id, such as s-1EXAMPLESTEP
 
         Options:
           --status=STATUS  clusters: all, active, start, boot, run, wait,
@@ -93,12 +152,41 @@ class EmrCommand(PluginCommand):
                            cancelled, failed, interrupted [default: all]
           --format=FORMAT  table (the default), csv, json, yaml or dict;
                            local env prints shell export lines unless given
+                           describe also takes config (a file for start --config)
           --cloud=CLOUD    a cloud of cloudmesh.yaml; aws (the default) uses
                            boto3's own credentials; local is the emulator
           --master=MASTER  instance type of the master node (m5.xlarge)
-          --node=NODE      instance type of the core nodes (m5.xlarge)
-          --count=COUNT    nodes in all: 1 master plus COUNT-1 core (3)
+          --node=NODE      instance type of the core (start) or task (add task)
+                           nodes (m5.xlarge)
+          --count=COUNT    start: nodes in all, 1 master plus COUNT-1 core (3);
+                           add task: task nodes (1)
           --release=LABEL  EMR release label (emr-7.12.0)
+          --task=TYPE      start with a task group of this instance type
+          --task-count=N   instances of the task group (1)
+          --spot           task nodes on the spot market
+          --bid=PRICE      highest spot price in USD per hour (without it: the
+                           on-demand price, as EMR does)
+          --auto-terminate  end the cluster after its last step (the config
+                           must have Steps)
+          --idle-timeout=DURATION  end the cluster after it has been idle this
+                           long, 60s to 7d (modify: off removes it)
+          --scaling=MIN:MAX  managed scaling between MIN and MAX instances
+                           (modify: off removes it)
+          --loguri=URI     s3:// folder where EMR writes the cluster's logs
+          --key=KEYPAIR    EC2 key pair for ssh to the master node
+          --subnet=SUBNET  VPC subnet id to start the cluster in
+          --zone=ZONE      availability zone, such as us-east-1a
+          --bootstrap=ACTION  s3://bucket/script.sh[,arg1,arg2] to run on every
+                           node before the cluster is ready; repeatable
+          --tag=KEY=VALUE  a tag of the cluster; repeatable
+          --config=FILE    a JSON or YAML file in RunJobFlow's shape; NAME and
+                           the options given go over its keys
+          --until=STATE    wait for: running (RUNNING or WAITING), waiting,
+                           terminated (running)
+          --delay=SECONDS  seconds between polls (AWS: 30, local: 1)
+          --timeout=DURATION  give up after this long, such as 20m (2h)
+          --concurrency=N  steps that may run at once, 1 to 256
+          --since=DURATION  metrics of this last span, such as 1d (3h)
           --port=PORT      port to listen on (local: any free one; server: 8080)
           --host=HOST      address of the REST service [default: 127.0.0.1]
           --force          stop the emulator even while clusters are active
@@ -107,8 +195,9 @@ class EmrCommand(PluginCommand):
           --name=NAME      the step's name (default: the program's file name)
           --on-failure=ACTION  continue (the default), cancel (the steps after
                            it: CANCEL_AND_WAIT) or terminate (the cluster)
-          --wait           wait for the step to end; exit 1 if it did not
-                           complete, with the probable cause on stderr
+          --wait           start: wait until the cluster is running, then
+                           print; run, stream: wait for the step to end, exit 1
+                           if it did not complete, with the probable cause
           --mapper=S3URI   stream: the mapper program (s3://...)
           --reducer=S3URI  stream: the reducer program (s3://...)
           --input=S3URI    stream: input files or folders; repeat it
@@ -120,8 +209,12 @@ class EmrCommand(PluginCommand):
         Description:
           Every result is recorded in MongoDB (collections <cloud>-emr-<kind>).
           The defaults of start come from cloudmesh.emr.default in
-          cloudmesh.yaml when it sets them. Exit codes: 0 success, 1 the
-          operation failed, 2 bad input.
+          cloudmesh.yaml when it sets them (idle-timeout included). Durations
+          are 90s, 15m, 2h, 7d or plain seconds; WHEN is a date or time
+          (2026-11-01, 2026-11-01T08:00Z) or an age (90m, 2d). wait shows the
+          state on stderr while it waits. Exit codes: 0 success, 1 the
+          operation failed (wait: the cluster ended or a step failed), 2 bad
+          input.
         """
         if arguments is None:  # the cloudmesh shell hands over the rest of the line
             import shlex
@@ -210,7 +303,12 @@ class EmrCommand(PluginCommand):
             return 0
         from cloudmesh.emr import printer
 
-        fmt = printer.check_format(a.get("--format"))
+        check_not_empty(a)
+        wanted = a.get("--format")
+        if a.get("describe") and str(wanted).strip().lower() == "config":
+            fmt = "config"
+        else:
+            fmt = printer.check_format(wanted)
         for word, handler in (("db", self._db), ("local", self._local), ("server", self._server)):
             if a.get(word):
                 return handler(a, fmt)
@@ -242,7 +340,11 @@ class EmrCommand(PluginCommand):
 
         status = a["--status"] if a["--status"] else None
         if a["clusters"]:
-            kind, records = "cluster", provider.list_clusters(status=status)
+            kind, records = "cluster", provider.list_clusters(
+                status=status, created_after=a["--created-after"],
+                created_before=a["--created-before"])
+        elif a["groups"]:
+            kind, records = "group", provider.list_groups(a["CLUSTERID"][0])
         elif a["instances"]:
             kind = "instance"
             records = provider.list_instances(a["CLUSTERID"][0], status=status, types=a["--type"])
@@ -254,27 +356,103 @@ class EmrCommand(PluginCommand):
     def _describe(self, a, provider, fmt):
         from cloudmesh.emr import printer
 
+        if fmt == "config":
+            say(printer.render_config(provider.cluster_config(a["CLUSTERID"][0])))
+            return 0
         cluster = provider.describe(a["CLUSTERID"][0])
         say(printer.render_one(cluster, fmt, printer.describe_rows(cluster)))
         return 0
 
     def _start(self, a, provider, fmt):
         from cloudmesh.emr import printer
+        from cloudmesh.emr.api import jobflow
 
         fmt = fmt if a.get("--format") else None
+        config = jobflow.read_config(a["--config"]) if a.get("--config") else None
         action = provider.start(
-            a["NAME"], master=a["--master"], node=a["--node"], count=a["--count"],
-            release=a["--release"],
+            a["NAME"], config=config, master=a["--master"], node=a["--node"],
+            count=a["--count"], release=a["--release"], task=a["--task"],
+            task_count=a["--task-count"], spot=a["--spot"], bid=a["--bid"],
+            auto_terminate=a["--auto-terminate"], idle_timeout=a["--idle-timeout"],
+            scaling=a["--scaling"], loguri=a["--loguri"], key=a["--key"],
+            subnet=a["--subnet"], zone=a["--zone"], bootstrap=a["--bootstrap"],
+            tags=a["--tag"],
         )
         for line in provider.warnings:
             warn(f"WARNING: {line}")
         provider.warnings = []
-        if fmt is None:  # no --format: just the id, for CID=$(cms emr start NAME)
+        if a.get("--wait"):
+            self._wait_cluster(provider, action["Target"], "running", None, None)
+        self._print_action(action, fmt)
+        return 0
+
+    @staticmethod
+    def _print_action(action, fmt):
+        """No --format: just the target, for ID=$(cms emr ...); else the action."""
+        from cloudmesh.emr import printer
+
+        if fmt is None:
             say(action["Target"])
         elif fmt in ("table", "csv"):
             say(printer.render([action], "action", fmt))
         else:
             say(printer.render_one(action, fmt))
+
+    @staticmethod
+    def _wait_cluster(provider, cluster_id, until, delay, timeout):
+        line = StateLine()
+        try:
+            return provider.wait_cluster(cluster_id, until=until, delay=delay,
+                                         timeout=timeout, progress=line)
+        finally:
+            line.close()
+
+    def _wait(self, a, provider, fmt):
+        cluster_id = a["CLUSTERID"][0]
+        if not a["STEPID"]:
+            cluster = self._wait_cluster(provider, cluster_id, a["--until"], a["--delay"],
+                                         a["--timeout"])
+            say(f"{cluster_id} {cluster['Status']['State']}")
+            return 0
+        if a["--until"] is not None:
+            raise UsageError("--until is for a cluster; steps are waited for until they end")
+        return self._wait_steps(provider, cluster_id, a["STEPID"], delay=a["--delay"],
+                                timeout=a["--timeout"])
+
+    def _modify(self, a, provider, fmt):
+        from cloudmesh.emr import printer
+
+        action = provider.modify(a["CLUSTERID"][0], concurrency=a["--concurrency"],
+                                 idle_timeout=a["--idle-timeout"], scaling=a["--scaling"])
+        say(printer.render([action], "action", fmt))
+        return 0
+
+    def _protect(self, a, provider, fmt):
+        from cloudmesh.emr import printer
+
+        action = provider.protect(a["CLUSTERID"][0], on=bool(a["on"]))
+        say(printer.render([action], "action", fmt))
+        return 0
+
+    def _add(self, a, provider, fmt):
+        fmt = fmt if a.get("--format") else None
+        action = provider.add_task(a["CLUSTERID"][0], node=a["--node"], count=a["--count"],
+                                   spot=a["--spot"], bid=a["--bid"])
+        self._print_action(action, fmt)
+        return 0
+
+    def _resize(self, a, provider, fmt):
+        from cloudmesh.emr import printer
+
+        action = provider.resize(a["CLUSTERID"][0], a["GROUPID"], a["COUNT"])
+        say(printer.render([action], "action", fmt))
+        return 0
+
+    def _metrics(self, a, provider, fmt):
+        from cloudmesh.emr import printer
+
+        records = provider.metrics(a["CLUSTERID"][0], since=a["--since"])
+        say(printer.render_metrics(records, fmt))
         return 0
 
     def _stop(self, a, provider, fmt):
@@ -313,20 +491,18 @@ class EmrCommand(PluginCommand):
             return 0
         return self._wait_steps(provider, a["CLUSTERID"][0], [action["Target"]])
 
-    def _wait_steps(self, provider, cluster_id, step_ids):
+    def _wait_steps(self, provider, cluster_id, step_ids, delay=None, timeout=None):
         """Wait until the steps end; print each final state; diagnose the ones that did
         not complete, on stderr. 0 when all completed, else 1."""
         for line in provider.warnings:
             warn(f"WARNING: {line}")
         provider.warnings = []
-        if not hasattr(provider, "wait_steps"):
-            raise EmrError("--wait needs 'cms emr wait', which this version lacks; "
-                           f"follow the step with 'cms emr list steps {cluster_id}'")
-
-        def heard(step_id, state, reason):
-            warn(f"{step_id} {state}" + (f": {reason}" if reason else ""))
-
-        steps = provider.wait_steps(cluster_id, step_ids, progress=heard)
+        line = StateLine()
+        try:
+            steps = provider.wait_steps(cluster_id, step_ids, delay=delay, timeout=timeout,
+                                        progress=line)
+        finally:
+            line.close()
         return self._explain(provider, cluster_id, steps)
 
     def _explain(self, provider, cluster_id, steps):
