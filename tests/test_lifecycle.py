@@ -503,7 +503,7 @@ def test_bad_metrics_is_exit_2(cms, emr, cm):
 def client(emr):
     from cloudmesh.emr.api.server import create_app
 
-    with create_app().test_client() as test_client:
+    with create_app().test_client(base_url="http://127.0.0.1:8080") as test_client:
         yield test_client
 
 
