@@ -1,9 +1,11 @@
 """`make demo`: the whole EMR lifecycle on the local emulator, one printed command at a time.
 
 It starts the embedded database and the emulator (unless they already run),
-starts a cluster, uploads a PySpark word count and a sample text, runs it with
-s3:// input and output, waits for the step, reads the top words back from the
-emulated S3, stops the cluster, and stops what it started. No AWS account needed.
+starts a cluster and waits until it is ready (`start --wait`), uploads a PySpark word
+count and a sample text, runs it with s3:// input and output, waits for the steps
+(`cms emr wait`), reads the top words back from the emulated S3, stops the cluster,
+then starts a cluster from a job-flow config with `--auto-terminate` that ends by itself
+after its step, and stops what it started. No AWS account needed.
 """
 
 import json
@@ -11,13 +13,13 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BUCKET = "cloudmesh-emr-demo"
 CMS = Path(sys.executable).parent / "cms"
-STEP_DONE = ("COMPLETED", "FAILED", "CANCELLED", "INTERRUPTED")
 
 
 def cms(*args, quiet=False, check=True):
@@ -52,22 +54,6 @@ def s3_client():
                         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
 
 
-def wait_for_step(cluster, step, limit=300):
-    deadline = time.monotonic() + limit
-    last = None
-    while time.monotonic() < deadline:
-        steps = json.loads(cms("emr", "list", "steps", cluster, "--cloud=local", "--format=json",
-                               quiet=True))
-        state = next(s["Status"]["State"] for s in steps if s["Id"] == step)
-        if state != last:
-            print(f"  step {step}: {state}", flush=True)
-            last = state
-        if state in STEP_DONE:
-            return state
-        time.sleep(1)
-    raise SystemExit(f"demo stopped: step {step} did not finish within {limit} s")
-
-
 def main():
     from cloudmesh.emr.database import Database
     from cloudmesh.emr.local import control
@@ -82,7 +68,7 @@ def main():
         cms("emr", "local", "start")
 
         say("start a Spark cluster: the same command works on AWS without --cloud=local")
-        cluster = cms("emr", "start", "demo", "--count=3", "--cloud=local")
+        cluster = cms("emr", "start", "demo", "--count=3", "--wait", "--cloud=local")
         cms("emr", "list", "clusters", "--status=active", "--cloud=local")
 
         say(f"a bucket for program, data and results (on AWS: aws s3 mb s3://{BUCKET})")
@@ -99,12 +85,9 @@ def main():
         output = f"output/{cluster}/"
         step = cms("emr", "run", cluster, BUCKET, "wordcount.py",
                    f"s3://{BUCKET}/input/sample.txt", f"s3://{BUCKET}/{output}", "--cloud=local")
-        say("wait for the step (cms emr list steps shows its state)")
-        wait_for_step(cluster, copy)
-        state = wait_for_step(cluster, step)
+        say("wait for both steps: exit 0 when they completed, 1 (and why) when one did not")
+        cms("emr", "wait", cluster, copy, step, "--cloud=local")
         cms("emr", "list", "steps", cluster, "--cloud=local")
-        if state != "COMPLETED":
-            raise SystemExit(f"demo stopped: the word count ended {state}; see the Reason above")
 
         say(f"the top words, read back from s3://{BUCKET}/{output}")
         lines = []
@@ -121,6 +104,26 @@ def main():
         say("stop the cluster: on AWS this is what stops the bill")
         cms("emr", "stop", cluster, "--cloud=local")
         cluster = None
+
+        say("a whole job flow from a config file; --auto-terminate ends it after its step")
+        config = {"ReleaseLabel": "emr-7.12.0", "Applications": [{"Name": "Spark"}],
+                  "Instances": {"InstanceGroups": [
+                      {"Name": "Primary node", "InstanceRole": "MASTER", "Market": "ON_DEMAND",
+                       "InstanceType": "m5.xlarge", "InstanceCount": 1}]},
+                  "Steps": [{"Name": "fetch the counts", "ActionOnFailure": "TERMINATE_CLUSTER",
+                             "HadoopJarStep": {"Jar": "command-runner.jar", "Args": [
+                                 "aws", "s3", "cp", f"s3://{BUCKET}/wordcount.py",
+                                 "/home/hadoop/"]}}]}
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as file:
+            json.dump(config, file, indent=2)
+        try:
+            print(f"\n$ cat {file.name}\n{json.dumps(config, indent=2)}", flush=True)
+            ended = cms("emr", "start", "once", f"--config={file.name}", "--auto-terminate",
+                        "--cloud=local")
+        finally:
+            os.unlink(file.name)
+        cms("emr", "wait", ended, "--until=terminated", "--cloud=local")
+        cms("emr", "describe", ended, "--cloud=local")
         cms("emr", "db", "status")
     finally:
         if cluster:
