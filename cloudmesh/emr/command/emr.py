@@ -151,7 +151,7 @@ class EmrCommand(PluginCommand):
           --state=STATE    steps: all, pending, canceling, running, completed,
                            cancelled, failed, interrupted [default: all]
           --format=FORMAT  table (the default), csv, json, yaml or dict;
-                           local env prints shell export lines unless given
+                           local env prints shell export lines unless given;
                            describe also takes config (a file for start --config)
           --cloud=CLOUD    a cloud of cloudmesh.yaml; aws (the default) uses
                            boto3's own credentials; local is the emulator
