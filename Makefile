@@ -7,7 +7,7 @@ EXTRAS ?= test,local,server
 # the AWS CLI v1 from PyPI, in a venv of its own: it pins its own botocore
 AWSCLI_VENV ?= .venv-awscli
 
-.PHONY: install awscli test demo bench clean
+.PHONY: install awscli test demo bench conformance clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ demo: install
 bench: install $(AWSCLI_VENV)/bin/aws
 	$(BIN)/python bench/run.py
 
+# moto's own EMR tests and an AWS CLI lifecycle against a fresh emulator (not in `test`)
+conformance: install $(AWSCLI_VENV)/bin/aws
+	AWSCLI_VENV=$(AWSCLI_VENV) $(BIN)/python conformance/run.py
+
 $(AWSCLI_VENV)/bin/aws:
 	test -x $(AWSCLI_VENV)/bin/python || $(PYTHON) -m venv $(AWSCLI_VENV)
 	$(AWSCLI_VENV)/bin/python -m pip install --quiet awscli
@@ -35,4 +39,4 @@ awscli: $(AWSCLI_VENV)/bin/aws
 .venv-awscli: $(AWSCLI_VENV)/bin/aws
 
 clean:
-	rm -rf $(VENV) $(AWSCLI_VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(AWSCLI_VENV) build *.egg-info .pytest_cache .conformance

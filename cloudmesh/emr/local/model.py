@@ -10,6 +10,10 @@ states over time (STARTING -> ... -> WAITING, steps running) is the lifecycle
 engine (``engine.py``); the operations moto lacks or answers wrongly on the wire
 are in ``responses.py``.
 
+The subclasses keep the names of moto's classes (``model.Cluster`` is a
+``moto.emr.models.Cluster``): moto's serializer finds some members through the class
+name (a ``Step``'s StepConfig is its ``config``).
+
 ``register(engine)`` makes moto's server route EMR to this model: moto's server
 looks a service's backends up as ``moto.<service>.<service>_backends`` (see
 ``moto.backends.get_backend``), and a backend's URL paths come from its
@@ -57,7 +61,7 @@ class Clusters(dict):
         raise InvalidCluster(cluster_id)
 
 
-class EmulatedStep(moto_models.Step):
+class Step(moto_models.Step):
     """A step as EMR keeps it."""
 
     def __init__(self, cluster_id, **spec):
@@ -85,7 +89,7 @@ class EmulatedStep(moto_models.Step):
         }
 
 
-class EmulatedGroup(moto_models.InstanceGroup):
+class InstanceGroup(moto_models.InstanceGroup):
     """An instance group as EMR keeps it."""
 
     def __init__(self, *args, **kwargs):
@@ -114,7 +118,7 @@ class EmulatedGroup(moto_models.InstanceGroup):
         }
 
 
-class EmulatedInstance(moto_models.Instance):
+class Instance(moto_models.Instance):
     """An EMR instance: an EC2 instance of the cluster, described as EMR does."""
 
     def __init__(self, ec2_instance, instance_group, fleet=None):
@@ -189,7 +193,7 @@ class EmulatedInstance(moto_models.Instance):
 FLEET_ROLES = ("MASTER", "CORE", "TASK")
 
 
-class EmulatedFleet:
+class InstanceFleet:
     """An instance fleet (moto has none): its target and provisioned capacities, the
     instance types it may use, and the state its instances share."""
 
@@ -275,7 +279,7 @@ class EmulatedFleet:
         self.provisioned_on_demand_capacity = 0 if spot else live
 
 
-class EmulatedCluster(moto_models.Cluster):
+class Cluster(moto_models.Cluster):
     """A cluster as EMR keeps it; the engine moves its state."""
 
     def __init__(self, emr_backend, **kwargs):
@@ -397,7 +401,7 @@ class EmulatedCluster(moto_models.Cluster):
         level = int(getattr(self, "step_concurrency_level", 1) or 1)
         added = []
         for spec in steps:
-            step = EmulatedStep(self.id, **spec)
+            step = Step(self.id, **spec)
             if level > 1 and step.action_on_failure != "CONTINUE":
                 raise ValidationException(
                     f"ActionOnFailure {step.action_on_failure} is not valid for a cluster with "
@@ -484,7 +488,7 @@ class EmulatorBackend(moto_models.ElasticMapReduceBackend):
     # ---- operations -------------------------------------------------------------------
 
     def run_job_flow(self, **kwargs):
-        """RunJobFlow: EMR's cluster (see EmulatedCluster), under the engine's lock.
+        """RunJobFlow: EMR's cluster (see Cluster), under the engine's lock.
 
         EMR keeps no logs without LogUri; the emulator keeps step logs in its own
         bucket then, so that describe shows where they are.
@@ -500,15 +504,15 @@ class EmulatorBackend(moto_models.ElasticMapReduceBackend):
                 attrs["emr_managed_slave_security_group"],
                 attrs["service_access_security_group"],
             ) = self._manage_security_groups(**attrs)
-            return EmulatedCluster(self, **kwargs)
+            return Cluster(self, **kwargs)
 
     def add_instance_groups(self, cluster_id, instance_groups):
-        """AddInstanceGroups: EMR's groups (see EmulatedGroup), under the engine's lock."""
+        """AddInstanceGroups: EMR's groups (see InstanceGroup), under the engine's lock."""
         with self.lock:
             cluster = self.clusters[cluster_id]
             added = []
             for spec in instance_groups:
-                group = EmulatedGroup(cluster_id=cluster_id, **spec)
+                group = InstanceGroup(cluster_id=cluster_id, **spec)
                 self.instance_groups[group.id] = group
                 cluster.add_instance_group(group)
                 added.append(group)
@@ -520,24 +524,36 @@ class EmulatorBackend(moto_models.ElasticMapReduceBackend):
 
     def launch(self, cluster, owner, count):
         """EMR rule: a group or fleet has its instances, EC2 instances of the cluster's
-        subnet, each an EMR instance that keeps its names (see EmulatedInstance)."""
+        subnet, each an EMR instance that keeps its names (see Instance)."""
         if count <= 0:
             return []
-        fleet = owner if isinstance(owner, EmulatedFleet) else None
+        fleet = owner if isinstance(owner, InstanceFleet) else None
         response = self.ec2_backend.run_instances(
             moto_models.EXAMPLE_AMI_ID, count, None, [],
             instance_type=owner.instance_type, is_instance_type_default=False,
             associate_public_ip=True, placement=cluster.availability_zone,
-            **({"subnet_id": cluster.ec2_subnet_id} if cluster.ec2_subnet_id else {}),
+            **({"subnet_id": cluster.ec2_subnet_id} if self.known_subnet(cluster) else {}),
         )
         added = []
         for ec2_instance in response.instances:
-            instance = EmulatedInstance(ec2_instance, None if fleet else owner, fleet=fleet)
+            instance = Instance(ec2_instance, None if fleet else owner, fleet=fleet)
             cluster.add_instance(instance)
             added.append(instance)
         if fleet:
             fleet.provisioned(cluster.ec2_instances)
         return added
+
+    def known_subnet(self, cluster):
+        """Whether EC2 holds the cluster's subnet (a subnet it does not is kept as asked)."""
+        from moto.ec2.exceptions import InvalidSubnetIdError
+
+        if not cluster.ec2_subnet_id:
+            return False
+        try:
+            self.ec2_backend.get_subnet(cluster.ec2_subnet_id)
+        except InvalidSubnetIdError:
+            return False
+        return True
 
     def launch_missing(self, cluster):
         """EMR rule: every group has instances, also a cluster described by
@@ -558,7 +574,7 @@ class EmulatorBackend(moto_models.ElasticMapReduceBackend):
                 self.ec2_backend.terminate_instances([instance.ec2_instance_id])
             except Exception:  # EMR's view is right already
                 pass
-        if isinstance(owner, EmulatedFleet):
+        if isinstance(owner, InstanceFleet):
             owner.provisioned(cluster.ec2_instances)
 
     # ---- instance fleets (moto has none) -------------------------------------------------
@@ -577,7 +593,7 @@ class EmulatorBackend(moto_models.ElasticMapReduceBackend):
                 raise ValidationException(
                     "Instance fleets and instance groups are mutually exclusive. The EMR "
                     "cluster specified in the request uses instance groups.")
-            fleet = EmulatedFleet(cluster_id, spec)
+            fleet = InstanceFleet(cluster_id, spec)
             if cluster.member(fleet.role) is not None:
                 raise ValidationException(
                     f"The cluster already has an instance fleet of type {fleet.role}.")
@@ -633,12 +649,12 @@ class EmulatorBackend(moto_models.ElasticMapReduceBackend):
         return found
 
     def add_job_flow_steps(self, job_flow_id, steps):
-        """AddJobFlowSteps under the engine's lock (see EmulatedCluster.add_steps)."""
+        """AddJobFlowSteps under the engine's lock (see Cluster.add_steps)."""
         with self.lock:
             return super().add_job_flow_steps(job_flow_id, steps)
 
     def terminate_job_flows(self, job_flow_ids):
-        """TerminateJobFlows under the engine's lock (see EmulatedCluster.terminate)."""
+        """TerminateJobFlows under the engine's lock (see Cluster.terminate)."""
         with self.lock:
             return super().terminate_job_flows(job_flow_ids)
 

@@ -264,7 +264,7 @@ def restore(backend, snap):
     from cloudmesh.emr.local import model
 
     with backend.lock:
-        cluster = model.EmulatedCluster.__new__(model.EmulatedCluster)
+        cluster = model.Cluster.__new__(model.Cluster)
         attrs = {
             "keep_job_flow_alive_when_no_steps": snap.get("keep_alive"),
             "termination_protected": snap.get("termination_protected"),
@@ -310,13 +310,13 @@ def restore(backend, snap):
             owner = owners.get(entry.get("member"))
             if owner is None:
                 continue
-            fleet = owner if isinstance(owner, model.EmulatedFleet) else None
-            instance = model.EmulatedInstance(EndedEc2Instance(entry), None if fleet else owner,
+            fleet = owner if isinstance(owner, model.InstanceFleet) else None
+            instance = model.Instance(EndedEc2Instance(entry), None if fleet else owner,
                                               fleet=fleet)
             instance.id = entry["id"]
             cluster.add_instance(instance)
         for entry in snap.get("steps", []):
-            step = model.EmulatedStep(cluster.id, name=entry.get("name") or "",
+            step = model.Step(cluster.id, name=entry.get("name") or "",
                                       hadoop_jar_step=entry.get("hadoop_jar_step") or {},
                                       action_on_failure=entry.get("action_on_failure"))
             step.id = entry["id"]

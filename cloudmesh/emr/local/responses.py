@@ -35,7 +35,7 @@ class EmulatorResponse(ElasticMapReduceResponse):
         if fleets and self._get_param("Instances.InstanceGroups"):
             raise ValidationException(
                 "Instance fleets and instance groups are mutually exclusive.")
-        roles = [model.EmulatedFleet(None, spec).role for spec in fleets]  # validates each
+        roles = [model.InstanceFleet(None, spec).role for spec in fleets]  # validates each
         if len(set(roles)) != len(roles):
             raise ValidationException("A cluster has at most one instance fleet of each type.")
         result = super().run_job_flow()
@@ -114,6 +114,17 @@ class EmulatorResponse(ElasticMapReduceResponse):
     def _remove_policy(self, kind):
         self.backend.remove_cluster_policy(self._get_param("ClusterId"), kind)
         return EmptyResult()
+
+    def add_instance_groups(self):
+        """EMR rule: AddInstanceGroups answers the new groups' ids (moto: an empty answer)."""
+        cluster_id = self._get_param("JobFlowId")
+        groups = self.backend.add_instance_groups(cluster_id,
+                                                  self._get_param("InstanceGroups", []))
+        cluster = self.backend.describe_cluster(cluster_id)
+        for group, spec in zip(groups, self._get_param("InstanceGroups", [])):
+            self.backend.launch(cluster, group, int(spec.get("InstanceCount") or 0))
+        return ActionResult({"JobFlowId": cluster_id, "ClusterArn": cluster.arn,
+                             "InstanceGroupIds": [group.id for group in groups]})
 
     def list_instances(self):
         """EMR rule: ListInstances honours its InstanceStates and fleet filters (moto
