@@ -249,8 +249,9 @@ def run_cli(endpoint, keys, workdir):
         else "ig-NONE"
     aws("modify-instance-groups", "emr", "modify-instance-groups", "--cluster-id", cluster,
         "--instance-groups", f"InstanceGroupId={group_id},InstanceCount=2")
-    aws("list-instance-groups (count 2)", "emr", "list-instance-groups", "--cluster-id", cluster,
-        check=lambda a: expect([g["RequestedInstanceCount"] for g in a["InstanceGroups"]
+    aws("describe-cluster (the task group asks for 2)", "emr", "describe-cluster",
+        "--cluster-id", cluster,
+        check=lambda a: expect([g["RequestedInstanceCount"] for g in a["Cluster"]["InstanceGroups"]
                                 if g["Id"] == group_id] == [2], "not resized"))
     aws("put-auto-termination-policy", "emr", "put-auto-termination-policy", "--cluster-id",
         cluster, "--auto-termination-policy", "IdleTimeout=3600")
@@ -362,6 +363,7 @@ def main(argv=None):
             cli_rows, spark_line = run_cli(endpoint, keys, workdir)
         finally:
             stop_emulator(process)
+        spark_line = spark_line.replace(str(workdir / "cli" / "state"), "<state folder>")
         text, ok = report(version, moto_results, cli_rows, spark_line)
         print(text)
         if not args.no_readme:
