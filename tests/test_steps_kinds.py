@@ -9,6 +9,7 @@ in S3, their output objects) or through the `cms` command, as a user would.
 
 import gzip
 import json
+import re
 import shutil
 import subprocess
 import textwrap
@@ -313,3 +314,25 @@ def test_cheap_failures_need_no_spark_job(emulator, emr, s3, cluster, bucket, lo
         found = json.loads(local_cms("diagnose", cluster, step_id, "--format=json").out)[0]
         assert found["Class"] == kind, found
         assert words in found["Line"]
+
+
+def test_cluster_deploy_mode_keeps_the_driver_output_in_its_container_logs(
+        emulator, emr, s3, cluster, bucket, local_cms):
+    s3.put_object(Bucket=bucket, Key="broken/raises.py",
+                  Body=b"import sys\nprint('driver starts')\nraise ValueError('no input given')\n")
+    [step_id] = add(emr, cluster, step("cluster mode", [
+        "spark-submit", "--deploy-mode", "cluster", f"s3://{bucket}/broken/raises.py"]))
+    assert finished(emulator, cluster, step_id, timeout=240)["Status"]["State"] == "FAILED"
+    stderr = log_of(s3, cluster, step_id, "stderr")
+    [application] = sorted(set(re.findall(r"application_\d+_\d+", stderr)))
+    assert "finished with failed status" in stderr
+    keys = [o["Key"] for o in s3.list_objects_v2(
+        Bucket="kinds-logs", Prefix=f"emr/{cluster}/containers/{application}/")["Contents"]]
+    stdout_key = next(k for k in keys if k.endswith("_01_000001/stdout.gz"))
+    driver = gzip.decompress(s3.get_object(Bucket="kinds-logs", Key=stdout_key)["Body"].read())
+    assert b"driver starts" in driver
+    found = json.loads(local_cms("diagnose", cluster, step_id, "--format=json").out)[0]
+    assert found["Class"] == "python-exception", found
+    assert found["Line"] == "ValueError: no input given"
+    assert found["Where"]["Line"] == 3 and found["Where"]["File"].endswith("raises.py")
+    assert "/containers/" in found["Log"]

@@ -482,3 +482,18 @@ def sort_records(data):
     lines = data.splitlines()
     lines.sort(key=streaming_key)
     return b"\n".join(lines) + (b"\n" if lines else b"")
+
+
+def cluster_mode(args):
+    """Whether spark-submit ``args`` ask for cluster deploy mode (the driver in YARN)."""
+    for index, arg in enumerate(args):
+        if arg == "--deploy-mode" and index + 1 < len(args):
+            return args[index + 1] == "cluster"
+        if arg.startswith("--deploy-mode="):
+            return arg.split("=", 1)[1] == "cluster"
+        if not arg.startswith("-") and (index == 0 or args[index - 1] not in ("--deploy-mode",)):
+            if index > 0 and args[index - 1].startswith("-") and "=" not in args[index - 1] \
+                    and args[index - 1] not in SPARK_FLAGS:
+                continue  # the value of an option
+            return False  # the application: options end here
+    return False

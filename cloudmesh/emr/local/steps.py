@@ -46,6 +46,7 @@ from cloudmesh.emr.local.commands import (
     HOME,
     SHIPPED,
     aws_method,
+    cluster_mode,
     command_method,
     example_program,
     sort_records,
@@ -138,6 +139,7 @@ class Runner:
         self.endpoint = endpoint
         self.credentials = credentials  # the daemon's own (credentials.Credentials)
         self.clusters_dir = Path(state_dir) / "clusters"
+        self.started_ms = int(time.time() * 1000)  # as a ResourceManager's start time
         self.region = region
         self._clients = {}
         self._lock = threading.Lock()
@@ -302,6 +304,7 @@ class StepRun:
         self.jar = step.jar or ""
         self.args = [str(arg) for arg in (step.args or [])]
         self.main_class = (getattr(step, "hadoop_jar_step", None) or {}).get("MainClass")
+        self.containers = []  # (application, container, local folder) of cluster-mode drivers
         self.log_uri = cluster.log_uri
         self.release = cluster.release_label
         self.done = done
@@ -719,35 +722,84 @@ class StepRun:
         if spark_home:
             env["SPARK_HOME"] = spark_home
         command = [program] + plan.args
+        # cluster deploy mode: the driver's output goes to its YARN container's logs, and
+        # the step's stderr holds what the YARN client says, as on EMR
+        driver = self._driver_container() if cluster_mode(args) else None
+        out, err = self.out, self.err
+        if driver is not None:
+            out, err = open(driver["stdout"], "a"), open(driver["stderr"], "a")
+            env["CLOUDMESH_EMR_STEP_STDERR"] = str(driver["stderr"])
+            self._yarn_client(driver, "submitted")
         self.note(f"running {command}")
         self.out.flush()
         self.err.flush()
-        with self._lock:
-            if self.cancelled:
-                return Result(False)
-            self._process = subprocess.Popen(
-                command,
-                cwd=self.workdir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=self.out,
-                stderr=self.err,
-                start_new_session=True,
-            )
-        code = self._process.wait()
+        try:
+            with self._lock:
+                if self.cancelled:
+                    return Result(False)
+                self._process = subprocess.Popen(
+                    command,
+                    cwd=self.workdir,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                )
+            code = self._process.wait()
+        finally:
+            if driver is not None:
+                out.close()
+                err.close()
         self._stragglers()
         self.note(f"spark-submit exited with status {code}")
         if self.cancelled:
             return Result(False)
         self._upload_changes(s3, plan.refs, before)
+        if driver is not None:
+            self._yarn_client(driver, "ended", code)
         if code != 0:
             self.err.flush()
             self.out.flush()
-            stderr = (self.logdir / "stderr").read_text(errors="replace")
-            stdout = (self.logdir / "stdout").read_text(errors="replace")
+            logs = (driver["stderr"], driver["stdout"]) if driver else (
+                self.logdir / "stderr", self.logdir / "stdout")
+            texts = [path.read_text(errors="replace") for path in logs]
             reason = f"spark-submit exited with status {code}"
-            raise StepFailure(reason, last_error_line(stderr, stdout) or reason)
+            raise StepFailure(reason, last_error_line(*texts) or reason)
         return Result(True)
+
+    def _driver_container(self):
+        """The YARN application and the container of a cluster-mode driver: their ids and
+        the local files of its stdout and stderr (under the master's container logs)."""
+        root = self.master / "mnt/var/log/hadoop-yarn/containers"
+        root.mkdir(parents=True, exist_ok=True)
+        stamp = self.runner.started_ms
+        number = len(list(root.glob(f"application_{stamp}_*"))) + 1
+        application = f"application_{stamp}_{number:04d}"
+        container = f"container_{stamp}_{number:04d}_01_000001"
+        folder = root / application / container
+        folder.mkdir(parents=True, exist_ok=True)
+        self.containers.append((application, container, folder))
+        return {"application": application, "container": container,
+                "stdout": folder / "stdout", "stderr": folder / "stderr"}
+
+    def _yarn_client(self, driver, stage, code=None):
+        """What spark-submit's YARN client prints on the step's stderr in cluster mode."""
+        stamp = time.strftime("%y/%m/%d %H:%M:%S")
+        application = driver["application"]
+        if stage == "submitted":
+            lines = [f"{stamp} INFO Client: Submitting application {application} to ResourceManager",
+                     f"{stamp} INFO YarnClientImpl: Submitted application {application}",
+                     f"{stamp} INFO Client: Application report for {application} (state: RUNNING)"]
+        else:
+            final = "SUCCEEDED" if code == 0 else "FAILED"
+            lines = [f"{stamp} INFO Client: Application report for {application} (state: FINISHED)",
+                     f"\t final status: {final}",
+                     f"\t tracking URL: http://localhost:20888/proxy/{application}/"]
+            if code != 0:
+                lines.append('Exception in thread "main" org.apache.spark.SparkException: '
+                             f"Application {application} finished with failed status")
+        print("\n".join(lines), file=self.err, flush=True)
 
     def confined_env(self, env):
         """HOME, TMPDIR and Spark's scratch folders inside the cluster's master folder."""
@@ -953,6 +1005,15 @@ class StepRun:
                 text = self.as_on_emr(path.read_text(errors="replace"))  # paths as EMR's
                 s3.put_object(Bucket=bucket, Key=f"{base}{name}.gz",
                               Body=gzip.compress(text.encode()))
+            for application, container, local in self.containers:
+                for name in ("stdout", "stderr"):
+                    if (local / name).is_file():
+                        text = self.as_on_emr((local / name).read_text(errors="replace"))
+                        s3.put_object(
+                            Bucket=bucket,
+                            Key=f"{folder}{self.cluster_id}/containers/{application}/"
+                                f"{container}/{name}.gz",
+                            Body=gzip.compress(text.encode()))
         except Exception as error:  # the step's result stands; say where the logs are
             log.warning("cannot write the logs of step %s to %s: %s",
                         self.step_id, self.log_uri, error)
