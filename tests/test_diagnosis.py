@@ -241,3 +241,13 @@ def test_rest_adds_jar_and_streaming_steps(emr, cm, client):
                        ({"type": "jar", "bucket": "my-bucket", "key": "a.py"}, "a.py")]:
         answer = client.post(f"/clusters/{cluster_id}/steps", json=body)
         assert answer.status_code == 400 and word in answer.json()["detail"], answer.text
+
+
+def test_wait_on_an_interrupted_step_exits_1_with_its_diagnosis(emr, s3, cm, cms):
+    _, cluster_id, step_id = make_case(emr, s3, "interrupted")
+    result = cms("wait", cluster_id, step_id, "--delay=0.2", "--timeout=5")
+    assert result.code == 1
+    assert result.out.split() == [step_id, "INTERRUPTED"]
+    assert "Cause: Step interrupted [interrupted]" in result.err
+    assert cm.db["aws-emr-diagnosis"].find_one({"_id": f"aws/diagnosis/{step_id}"})["Class"] == \
+        "interrupted"

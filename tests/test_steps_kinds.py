@@ -336,3 +336,43 @@ def test_cluster_deploy_mode_keeps_the_driver_output_in_its_container_logs(
     assert found["Line"] == "ValueError: no input given"
     assert found["Where"]["Line"] == 3 and found["Where"]["File"].endswith("raises.py")
     assert "/containers/" in found["Log"]
+
+
+# ---- run --wait and stream --wait: the final state, and the cause on stderr ----------------
+
+
+def test_run_wait_exits_1_with_the_probable_cause_on_stderr(emulator, cluster, bucket, local_cms):
+    result = local_cms("run", cluster, bucket, "jobs/nothing-here.py", "--wait")
+    assert result.code == 1
+    step_id, state = result.out.split()[-2:]
+    assert state == "FAILED" and step_id.startswith("s-")
+    assert "Cause: S3 object or bucket missing [s3-not-found]" in result.err
+    assert f"s3://{bucket}/jobs/nothing-here.py does not exist" in result.err
+    assert "Hint:" in result.err and "Traceback" not in result.err
+
+
+def test_stream_wait_reports_completed_and_a_failed_mapper(emulator, cluster, bucket, local_cms):
+    ok = local_cms("stream", cluster, f"--mapper=s3://{bucket}/jobs/mapper.py",
+                   f"--reducer=s3://{bucket}/jobs/reducer.py", f"--input=s3://{bucket}/in/a.txt",
+                   f"--output=s3://{bucket}/waited/", "--name=counted", "--wait")
+    assert ok.code == 0, ok.err
+    assert ok.out.split()[-1] == "COMPLETED"
+    bad = local_cms("stream", cluster, f"--mapper=s3://{bucket}/jobs/bad_mapper.py",
+                    f"--reducer=s3://{bucket}/jobs/reducer.py", f"--input=s3://{bucket}/in/a.txt",
+                    f"--output=s3://{bucket}/waited-bad/", "--wait")
+    assert bad.code == 1
+    assert bad.out.split()[-1] == "FAILED"
+    assert "Cause: Python exception [python-exception]" in bad.err
+    assert "IndexError: list index out of range" in bad.err and "bad_mapper.py:5" in bad.err
+
+
+def test_wait_on_a_cancelled_step_exits_1_and_says_it_was_cancelled(emulator, emr, cluster,
+                                                                    local_cms):
+    running, pending = add(emr, cluster, step("long", ["bash", "-c", "sleep 30"]),
+                           step("later", ["bash", "-c", "echo later"]))
+    emulator.wait_step(cluster, running, ["RUNNING"], timeout=60)
+    assert local_cms("cancel", cluster, pending, running).code == 0
+    result = local_cms("wait", cluster, pending, "--delay=0.2", "--timeout=60")
+    assert result.code == 1
+    assert result.out.split() == [pending, "CANCELLED"]
+    assert "[cancelled]" in result.err
