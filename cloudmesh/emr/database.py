@@ -59,6 +59,28 @@ def by_ids(collection, ids, projection=None):
             if doc["_id"] in wanted}
 
 
+def release_closed_monitors():
+    """Let the exit of the interpreter go without joining pymongo's closed monitors.
+
+    A closed client's monitor threads (daemon threads) end at their next wake-up, up to
+    half a second later; pymongo's exit handler joins each one it knows, so a command
+    that has finished waits that long for threads with nothing left to do. The closed
+    ones are dropped from that list; one still open is left alone. (About 0.5 s of the
+    0.75 s of `cms emr list clusters` went there.)
+    """
+    try:
+        from pymongo import periodic_executor
+    except ImportError:
+        return
+    executors = getattr(periodic_executor, "_EXECUTORS", None)
+    if not isinstance(executors, set):
+        return
+    for ref in list(executors):
+        executor = ref()
+        if executor is None or getattr(executor, "_stopped", False):
+            executors.discard(ref)
+
+
 def collection_name(cloud, kind):
     return f"{cloud}-emr-{kind}"
 
@@ -568,6 +590,8 @@ class Database:
         return taken
 
     def close(self):
+        """Close the client, and do not make the interpreter's exit wait for its monitors."""
         if self._client is not None:
             self._client.close()
             self._client = None
+            release_closed_monitors()

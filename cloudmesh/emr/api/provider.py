@@ -162,6 +162,7 @@ class Provider:
         self.settings.mongo()  # a bad database setting is bad input: say so before calling AWS
         self.settings.credentials(self.cloud)  # so is a half-set or misspelt credentials block
         self._database = database
+        self._owns_database = database is None
         self._clients = {} if clients is None else clients
         self._endpoint = None
         self.warnings = []
@@ -178,6 +179,11 @@ class Provider:
 
             self._database = Database(self.settings)
         return self._database
+
+    def close(self):
+        """Close the database client this Provider made (a shared one stays open)."""
+        if self._owns_database and self._database is not None:
+            self._database.close()
 
     def client(self, service):
         if service not in self._clients:

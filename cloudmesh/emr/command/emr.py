@@ -317,7 +317,10 @@ class EmrCommand(PluginCommand):
 
         provider = Provider(cloud=a.get("--cloud"))
         verb = next(verb for verb in VERBS if a.get(verb))
-        code = getattr(self, f"_{verb}")(a, provider, fmt)
+        try:
+            code = getattr(self, f"_{verb}")(a, provider, fmt)
+        finally:
+            provider.close()  # nothing left open for the interpreter's exit to wait on
         return self._finish(provider, code)
 
     @staticmethod
@@ -582,6 +585,7 @@ class EmrCommand(PluginCommand):
         try:
             return self._db_do(a, fmt, database)
         finally:
+            database.close()
             for line in database.take_warnings():
                 warn(f"WARNING: {line}")
 
