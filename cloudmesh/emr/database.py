@@ -59,6 +59,26 @@ def by_ids(collection, ids, projection=None):
             if doc["_id"] in wanted}
 
 
+def import_pymongo():
+    """pymongo, imported without trying its pyOpenSSL TLS backend.
+
+    Our connections never use TLS (cloudmesh.yaml has no TLS setting; the embedded
+    server listens on 127.0.0.1), and trying that backend imports the cryptography
+    package even where pyOpenSSL is absent: about 40% of pymongo's import time.
+    pymongo then takes the standard library's ssl; the block is lifted right after.
+    """
+    if "pymongo" not in sys.modules:
+        blocked = "pymongo.pyopenssl_context" not in sys.modules
+        if blocked:
+            sys.modules["pymongo.pyopenssl_context"] = None
+        try:
+            import pymongo  # noqa: F401
+        finally:
+            if blocked and sys.modules.get("pymongo.pyopenssl_context", 0) is None:
+                del sys.modules["pymongo.pyopenssl_context"]
+    return sys.modules["pymongo"]
+
+
 def release_closed_monitors():
     """Let the exit of the interpreter go without joining pymongo's closed monitors.
 
@@ -362,7 +382,7 @@ class Database:
                 host, port = state["host"], state["port"]
             else:
                 host, port = self.mongo["MONGO_HOST"], self.mongo["MONGO_PORT"]
-            import pymongo
+            pymongo = import_pymongo()
 
             options = {}
             if self.mongo.get("MONGO_USERNAME"):
@@ -386,6 +406,7 @@ class Database:
         """pymongo's errors (encoding ones included), and the embedded server's folder or
         process failing (OSError), become one DatabaseError, so the caller can still show
         what AWS answered."""
+        import_pymongo()
         import bson.errors
         import pymongo.errors
 
@@ -455,6 +476,7 @@ class Database:
                                 f"{getattr(error, 'strerror', None) or error}") from None
 
     def _replay_batch(self, cloud, kind, records, cluster, stamp):
+        import_pymongo()
         import bson.errors
         import pymongo.errors
 
@@ -494,6 +516,7 @@ class Database:
         record no longer has are removed. A replayed batch (``replay``) does not overwrite
         a document that a later write already updated: its filter then matches nothing
         and the upsert's insert meets the existing _id (a duplicate, ignored)."""
+        import_pymongo()
         from pymongo import UpdateOne
 
         fields = {f"cm.{name}": value for name, value in cm.items()}
@@ -517,6 +540,7 @@ class Database:
         """Read the stored digests of the records' ids in one query; read the changed
         ones' documents whole (their previous state); upsert those in one unordered bulk
         write. Returns [(record, previous document or None)] of what was written."""
+        import_pymongo()
         import pymongo.errors
 
         documents = self.documents(cloud, kind, records, cluster)
