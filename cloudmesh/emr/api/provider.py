@@ -151,6 +151,30 @@ def check_bucket(bucket, key):
     return f"s3://{bucket}/{key}"
 
 
+_LOADER = []
+
+
+def botocore_session():
+    """A botocore session whose loader of service models is the process's one: models
+    are read once however many Providers are made (the REST service makes one per
+    request), while credentials and settings are each session's own."""
+    import botocore.session
+
+    session = botocore.session.get_session()
+    if _LOADER:
+        session.register_component("data_loader", _LOADER[0])
+    else:
+        _LOADER.append(session.get_component("data_loader"))
+    return session
+
+
+def upload_failed():
+    """boto3's S3UploadFailedError when boto3 is loaded (an upload ran), else nothing:
+    the except clause that names it is evaluated only when an error goes by."""
+    exceptions = sys.modules.get("boto3.exceptions")
+    return exceptions.S3UploadFailedError if exceptions else ()
+
+
 class Provider:
     """EMR and S3 for one cloud (a cloudmesh.yaml profile, or boto3's own chain)."""
 
@@ -163,6 +187,7 @@ class Provider:
         self.settings.credentials(self.cloud)  # so is a half-set or misspelt credentials block
         self._database = database
         self._owns_database = database is None
+        self._session = None  # botocore's, made with the first client
         self._clients = {} if clients is None else clients
         self._endpoint = None
         self.warnings = []
@@ -186,15 +211,16 @@ class Provider:
             self._database.close()
 
     def client(self, service):
+        """The botocore client of ``service``, made once. S3's comes through boto3, whose
+        transfer manager uploads; the others straight from botocore, so a command that
+        never transfers a file does not import boto3 and s3transfer."""
         if service not in self._clients:
-            import boto3
             from botocore.config import Config
 
             session_options, self._endpoint = self.settings.boto_options(self.cloud)
             control = sys.modules.get("cloudmesh.emr.local.control")
             if control is not None:  # a lost daemon.json rebuilt, or a stale one removed
                 self.warnings.extend(control.take_warnings())
-            session = boto3.session.Session(**session_options)
             config = Config(
                 retries={"mode": "standard", "max_attempts": 4},
                 connect_timeout=10,
@@ -202,7 +228,16 @@ class Provider:
                 s3={"addressing_style": "path"} if self._endpoint else None,
             )
             with self._aws(f"connect to {service}"):
-                client = session.client(service, endpoint_url=self._endpoint, config=config)
+                if self._session is None:
+                    self._session = botocore_session()
+                if service == "s3":
+                    import boto3
+
+                    make = boto3.session.Session(botocore_session=self._session).client
+                else:
+                    make = self._session.create_client
+                client = make(service, endpoint_url=self._endpoint, config=config,
+                              **session_options)
             self._check_endpoint(client.meta.endpoint_url)
             self._clients[service] = client
         return self._clients[service]
@@ -225,13 +260,12 @@ class Provider:
     def _aws(self, what):
         """Turn botocore's exceptions into our errors, each with what to do about it."""
         import botocore.exceptions as bx
-        from boto3.exceptions import S3UploadFailedError
 
         try:
             yield
         except EmrError:
             raise
-        except S3UploadFailedError as error:  # the transfer manager wraps AWS's answer
+        except upload_failed() as error:  # the transfer manager wraps AWS's answer
             cause = error.__context__
             if isinstance(cause, bx.ClientError):
                 raise self._client_error(cause, what) from None
