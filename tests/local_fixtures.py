@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["EMULATOR_DELAY", "Emulator", "emulator", "start_emulator", "stop_emulator", "wait_for"]
+__all__ = ["EMULATOR_DELAY", "EMULATOR_TIME_SCALE", "Emulator", "emulator", "start_emulator", "stop_emulator", "wait_for"]
 
 EMULATOR_DELAY = 0.2  # seconds per lifecycle transition in tests
+EMULATOR_TIME_SCALE = 30  # policy clocks run this much faster: a 60 s idle timeout takes 2 s
 STARTUP_TIMEOUT = 60.0
 SPARK_SUBMIT_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
@@ -128,6 +129,7 @@ def start_emulator(config_dir, delay=EMULATOR_DELAY, env=None):
         environment.pop("CLOUDMESH_EMR_LOCAL_SPARK_SUBMIT", None)
     # the tests' Spark runs are tiny: a JVM that compiles less starts them sooner
     environment.setdefault("SPARK_SUBMIT_OPTS", SPARK_SUBMIT_OPTS)
+    environment.setdefault("CLOUDMESH_EMR_LOCAL_TIME_SCALE", str(EMULATOR_TIME_SCALE))
     with open(log, "ab") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "cloudmesh.emr.local.daemon", "--host", "127.0.0.1",

@@ -2,6 +2,7 @@
 
     python -m cloudmesh.emr.local.daemon [--host 127.0.0.1] [--port PORT]
                                          [--state-dir DIR] [--delay SECONDS]
+                                         [--time-scale FACTOR]
 
 One process serves the EMR and S3 wire APIs with moto's ThreadedMotoServer (any
 AWS client works against it: boto3, the AWS CLI, ``cms emr --cloud=local``), runs
@@ -19,7 +20,10 @@ signed with them, for Host 127.0.0.1:PORT or localhost:PORT, without any CORS
 header (``guard.py``). ``cms emr local env`` prints them for other clients.
 
 Environment: CLOUDMESH_EMR_LOCAL_SPARK_SUBMIT names a spark-submit to use instead of
-pyspark's own (read when a step starts); JAVA_HOME / PATH locate java.
+pyspark's own (read when a step starts); JAVA_HOME / PATH locate java;
+CLOUDMESH_EMR_LOCAL_TIME_SCALE (or --time-scale) speeds up the policy clocks: an idle
+timeout of 60 s ends a cluster after 60/FACTOR seconds, metrics are put every 60/FACTOR
+seconds (default 1: real time).
 """
 
 import argparse
@@ -38,6 +42,7 @@ from cloudmesh.emr.local.state import LOG_FILE, LOOPBACK
 
 log = logging.getLogger("cloudmesh.emr.local")
 SERVE_LOCK = "serve.lock"  # held by the daemon that serves the folder, for its whole life
+TIME_SCALE_ENV = "CLOUDMESH_EMR_LOCAL_TIME_SCALE"
 
 
 def parse(argv):
@@ -49,6 +54,8 @@ def parse(argv):
     parser.add_argument("--port", type=int, default=0, help="0 (default): a free port")
     parser.add_argument("--state-dir", help="default: ~/.cloudmesh/emr/local")
     parser.add_argument("--delay", type=float, help="seconds per lifecycle transition")
+    parser.add_argument("--time-scale", type=float,
+                        help="speed-up of idle timeouts and metrics (default 1)")
     args = parser.parse_args(argv)
     if args.host != LOOPBACK:
         parser.exit(2, f"ERROR: the local emulator listens on {LOOPBACK} only, not {args.host}\n")
@@ -56,6 +63,13 @@ def parse(argv):
         parser.exit(2, f"ERROR: --port {args.port} is not a port (0..65535; 0: a free one)\n")
     if args.delay is not None and args.delay < 0:
         parser.exit(2, f"ERROR: --delay {args.delay} must not be negative\n")
+    if args.time_scale is None:
+        try:
+            args.time_scale = float(os.environ.get(TIME_SCALE_ENV) or 1.0)
+        except ValueError:
+            parser.exit(2, f"ERROR: {TIME_SCALE_ENV} must be a number\n")
+    if args.time_scale <= 0:
+        parser.exit(2, f"ERROR: --time-scale {args.time_scale} must be more than 0\n")
     return args
 
 
@@ -117,7 +131,7 @@ def secure(state_dir):
     return pair
 
 
-def serve(host, port, state_dir, delay):
+def serve(host, port, state_dir, delay, time_scale=1.0):
     """Run until SIGTERM/SIGINT; return the exit code."""
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +165,10 @@ def serve(host, port, state_dir, delay):
     from cloudmesh.emr.local.steps import Runner
 
     runner = Runner(None, state_dir, credentials=pair)
-    engine = Engine(delay, runner.launch)
+    from cloudmesh.emr.local.bootstrap import BootstrapRun
+
+    engine = Engine(delay, runner.launch, time_scale=time_scale,
+                    bootstrap=lambda cluster: BootstrapRun(runner, cluster))
     model.register(engine)  # before the first request
     from cloudmesh.emr.local import persist
 
@@ -231,7 +248,8 @@ def main(argv=None):
     except Exception as error:  # a bad cloudmesh.yaml: say so, exit as usage error
         print(f"ERROR: {getattr(error, 'message', error)}", file=sys.stderr)
         return 2
-    return serve(args.host, args.port, args.state_dir or state_dir("local"), delay)
+    return serve(args.host, args.port, args.state_dir or state_dir("local"), delay,
+                 time_scale=args.time_scale)
 
 
 if __name__ == "__main__":

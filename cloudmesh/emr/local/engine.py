@@ -100,9 +100,15 @@ class Engine:
     ``failure`` (a FailureDetails dict or None).
     """
 
-    def __init__(self, delay, launch, tick=TICK):
+    def __init__(self, delay, launch, tick=TICK, time_scale=1.0, bootstrap=None):
+        """``time_scale`` speeds up the policy clocks (idle timeout, metrics; see
+        policies.py); ``bootstrap(cluster)`` returns the run of a cluster's bootstrap
+        actions (start(), alive, failure) or None to skip them."""
         self.delay = float(delay)
         self.launch = launch
+        self.time_scale = float(time_scale or 1.0)
+        self.bootstrap = bootstrap
+        self.bootstraps = {}  # cluster id -> its bootstrap run
         self.tick_seconds = tick
         self.lock = threading.RLock()
         self.runs = {}  # step id -> run
@@ -194,15 +200,37 @@ class Engine:
         state = cluster.state
         if state == STARTING and elapsed >= self.delay:
             self.enter(cluster, BOOTSTRAPPING, (None, BOOTSTRAP_MESSAGE))
+            self.start_bootstrap(cluster)
         elif state == BOOTSTRAPPING and elapsed >= self.delay:
-            self.ready(cluster)
+            run = self.bootstraps.get(cluster.id)
+            if run is not None and run.alive:
+                pass  # EMR waits for every bootstrap action
+            elif run is not None and run.failure:
+                self.bootstraps.pop(cluster.id, None)
+                self.begin_termination(cluster, run.failure, TERMINATED_WITH_ERRORS)
+            else:
+                self.bootstraps.pop(cluster.id, None)
+                self.ready(cluster)
         elif state in (RUNNING, WAITING):
             self.schedule(cluster, elapsed)
+            if cluster.state in (RUNNING, WAITING):
+                from cloudmesh.emr.local import policies
+
+                policies.every_pass(self, cluster, now)
         elif state == TERMINATING and elapsed >= self.delay:
             if not any(self.runs.get(step.id) for step in cluster.steps):
                 self.finish_termination(cluster)
         self.sync_members(cluster)
         self.count_hours(cluster)
+
+    def start_bootstrap(self, cluster):
+        """BOOTSTRAPPING: the cluster's bootstrap actions run (see bootstrap.py)."""
+        if self.bootstrap is None or not getattr(cluster, "bootstrap_actions", None):
+            return
+        run = self.bootstrap(cluster)
+        if run is not None:
+            self.bootstraps[cluster.id] = run
+            run.start()
 
     def ready(self, cluster):
         """Bootstrapping done: RUNNING when steps wait, else WAITING (or shut down when
@@ -300,15 +328,40 @@ class Engine:
                 log.info("cluster %s: %s resized to %s instance(s)", cluster.id, member.id,
                          member.num_instances)
                 cluster.emr_backend.reconcile(cluster, member)
+            added = getattr(member, "local_added", None)
+            if added is not None and not ended and cluster.state != TERMINATING:
+                self.added_member(cluster, member, added)
+                continue
             member.state = state
             member.instance_state = instance_state
-            if member.ready_date_time is None or not cluster.ready_datetime:
+            if added is not None:
+                pass  # a group added later keeps its own ReadyDateTime
+            elif member.ready_date_time is None or not cluster.ready_datetime:
                 member.ready_date_time = cluster.ready_datetime
             member.end_date_time = cluster.end_datetime if ended else None
             member.state_change_reason = (
                 f"Instance {'fleet' if member in fleets else 'group'} terminated with its cluster"
                 if ended else None
             )
+
+    def added_member(self, cluster, member, added):
+        """A group added to a running cluster: PROVISIONING, BOOTSTRAPPING, then RUNNING,
+        one delay each, with its own ReadyDateTime (never before its CreationDateTime)."""
+        elapsed = time.monotonic() - added
+        if elapsed < self.delay:
+            state = "PROVISIONING"
+        elif elapsed < 2 * self.delay:
+            state = "BOOTSTRAPPING"
+        else:
+            state = "RUNNING"
+        if member.state != state:
+            log.info("cluster %s: %s %s -> %s", cluster.id, member.id, member.state, state)
+        member.state = state
+        member.instance_state = state
+        if state == "RUNNING" and member.ready_date_time is None:
+            member.ready_date_time = max(utcnow(), member.creation_date_time)
+        member.end_date_time = None
+        member.state_change_reason = None
 
     def count_hours(self, cluster):
         """NormalizedInstanceHours: whole hours since ready, times each node's factor."""

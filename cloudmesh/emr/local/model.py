@@ -507,16 +507,56 @@ class EmulatorBackend(moto_models.ElasticMapReduceBackend):
             return Cluster(self, **kwargs)
 
     def add_instance_groups(self, cluster_id, instance_groups):
-        """AddInstanceGroups: EMR's groups (see InstanceGroup), under the engine's lock."""
+        """AddInstanceGroups: EMR's groups (see InstanceGroup), under the engine's lock.
+
+        EMR rules: no group is added to a cluster that is shutting down or ended, nor a
+        group to a cluster of instance fleets; a group added to a cluster that is
+        already up has its own clock (PROVISIONING, BOOTSTRAPPING, RUNNING: see
+        Engine.added_member); the answer launches its instances (see responses.py).
+        """
+        import time
+
         with self.lock:
             cluster = self.clusters[cluster_id]
+            if cluster.state in ENDED_STATES:
+                raise ValidationException(NOT_MODIFIABLE)
+            if cluster.instance_fleets:
+                raise ValidationException(
+                    "Instance fleets and instance groups are mutually exclusive. The EMR "
+                    "cluster specified in the request uses instance fleets.")
             added = []
             for spec in instance_groups:
                 group = InstanceGroup(cluster_id=cluster_id, **spec)
                 self.instance_groups[group.id] = group
                 cluster.add_instance_group(group)
                 added.append(group)
+                if cluster.ready_datetime is not None:  # to a cluster that is up already
+                    group.local_added = time.monotonic()
             return added
+
+    def modify_instance_groups(self, instance_groups):
+        """ModifyInstanceGroups: EMR rules. The group takes its new count and is RESIZING
+        until the engine has added or ended instances (see Engine.sync_members); the
+        MASTER group cannot be resized; an ended cluster cannot be modified; a count
+        below 0 is refused."""
+        with self.lock:
+            for spec in instance_groups:
+                group_id = spec.get("instance_group_id")
+                group = self.instance_groups.get(group_id)
+                if group is None:
+                    raise InvalidRequestException(f"Instance group id '{group_id}' is not valid.")
+                cluster = self.clusters[group.cluster_id]
+                if cluster.state in ENDED_STATES:
+                    raise ValidationException(NOT_MODIFIABLE)
+                if group.role == "MASTER":
+                    raise ValidationException("The master instance group cannot be resized.")
+                count = spec.get("instance_count")
+                if count is None:
+                    continue
+                if int(count) < 0:
+                    raise ValidationException("InstanceCount must not be negative.")
+                group.num_instances = int(count)
+                group.state = "RESIZING"
 
     def run_instances(self, cluster_id, instances, instance_group):
         """The EC2 instances of a group, as EMR instances that keep their names."""
