@@ -104,8 +104,7 @@ def test_bootstrap_actions_run_and_a_failure_ends_the_cluster(cms, local, emr, s
     ended = cms("wait", cluster_id, DELAY, "--cloud=local")
     assert ended.code == 1
     assert one_error_line(ended.err.splitlines()[-1])
-    cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
-    assert cluster["Status"]["State"] == "TERMINATED_WITH_ERRORS"
+    cluster = local.wait_cluster(cluster_id, ["TERMINATED_WITH_ERRORS"])
     reason = cluster["Status"]["StateChangeReason"]
     assert reason["Code"] == "BOOTSTRAP_FAILURE"
     assert "bootstrap action 2 returned a non-zero return code" in reason["Message"]
