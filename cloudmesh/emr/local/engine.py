@@ -156,13 +156,16 @@ class Engine:
                     self.advance(cluster, now)
 
     def forget(self, clusters):
-        """moto's reset: stop the step runs of ``clusters``; their results are dropped."""
-        with self.lock:
-            for cluster in clusters:
-                for step in cluster.steps:
-                    run = self.runs.pop(step.id, None)
-                    if run is not None:
-                        run.cancel(kill=True)
+        """moto's reset: stop the step runs of ``clusters``; their results are dropped.
+
+        Without the engine's lock (see EmulatorBackend.reset): a dict pop is atomic, and
+        a run that ends meanwhile finds its cluster gone and settles nothing.
+        """
+        for cluster in clusters:
+            for step in list(cluster.steps):
+                run = self.runs.pop(step.id, None)
+                if run is not None:
+                    run.cancel(kill=True)
 
     # ---- clusters ----------------------------------------------------------------
 
@@ -465,8 +468,11 @@ class Engine:
     def find(account, region, cluster_id, step_id):
         from cloudmesh.emr.local.model import emulator_backends
 
-        backend = emulator_backends[account][region]
-        cluster = backend.clusters.get(cluster_id)
+        # plain dict reads: no backend is made (or moto's backend lock taken) for a run
+        # whose backend a reset removed
+        regions = dict.get(emulator_backends, account)
+        backend = dict.get(regions, region) if regions is not None else None
+        cluster = backend.clusters.get(cluster_id) if backend is not None else None
         if cluster is None:
             return None, None
         for step in cluster.steps:

@@ -479,11 +479,14 @@ class EmulatorBackend(moto_models.ElasticMapReduceBackend):
             self.engine.adopt(cluster)
 
     def reset(self):
-        """moto's reset (POST /moto-api/reset) also forgets the engine's runs of this backend."""
-        with self.lock:
-            if self.engine is not None:
-                self.engine.forget(self.clusters.values())
-            super().reset()
+        """moto's reset (POST /moto-api/reset) also forgets the engine's runs of this backend.
+
+        Not under the engine's lock: moto resets under its own backend lock, which the
+        engine may be waiting for while it holds its own.
+        """
+        if self.engine is not None:
+            self.engine.forget(list(self.clusters.values()))
+        super().reset()
 
     # ---- operations -------------------------------------------------------------------
 
