@@ -42,6 +42,7 @@ class Table:
     library: dict
     error_looking: re.Pattern = None
     exit_code: re.Pattern = None
+    excerpt_skip: re.Pattern = None
     ranks: dict = field(default_factory=dict)
 
 
@@ -73,6 +74,7 @@ def table(path=None):
         library={kind: tuple(marks) for kind, marks in data["library"].items()},
         error_looking=re.compile(data["error_looking"]),
         exit_code=re.compile(data["exit_code"]),
+        excerpt_skip=re.compile(data["excerpt_skip"]),
         ranks={name: index for index, name in enumerate(sources)},
     )
 
@@ -165,9 +167,15 @@ def where(lines, index, table_):
     return None
 
 
-def _excerpt(lines, index):
-    start = max(0, index - EXCERPT_BEFORE)
-    return lines[start:index + EXCERPT_AFTER + 1]
+def _excerpt(lines, index, skip=None):
+    """The lines around line ``index``: up to EXCERPT_BEFORE before it and EXCERPT_AFTER
+    after it, leaving out routine log lines (``skip``)."""
+    def kept(candidates):
+        return [line for line in candidates if not (skip and skip.match(line))]
+
+    before = kept(lines[:index])[-EXCERPT_BEFORE:]
+    after = kept(lines[index + 1:])[:EXCERPT_AFTER]
+    return before + [lines[index]] + after
 
 
 def diagnose(logs, table_=None):
@@ -207,7 +215,7 @@ def diagnose(logs, table_=None):
         "Hint": rule.hint.format_map(groups),
         "Log": log.name,
         "LogLine": index + 1,
-        "Excerpt": _excerpt(lines, index),
+        "Excerpt": _excerpt(lines, index, table_.excerpt_skip),
     }
     place = where(lines, index, table_)
     if place:
