@@ -595,3 +595,46 @@ def test_rest_config_of_a_cluster(client, emr, cm):
     assert again.status_code == 201, again.text
     new = again.json()["ClusterId"]
     assert groups_of(emr, new)["CORE"]["RequestedInstanceCount"] == 2
+
+
+# ---- how wait shows progress ---------------------------------------------------------------------
+
+class Terminal:
+    """A stream that says it is a terminal, and keeps what was written."""
+
+    def __init__(self, tty):
+        self.tty = tty
+        self.text = ""
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+def test_progress_is_one_line_per_change_or_one_live_line():
+    from cloudmesh.emr.command.emr import StateLine
+
+    answers = [("j-1", "STARTING", None), ("j-1", "STARTING", None),
+               ("j-1", "BOOTSTRAPPING", "Running bootstrap actions"), ("j-1", "WAITING", None)]
+    piped = Terminal(False)
+    line = StateLine(piped)
+    for answer in answers:
+        line(*answer)
+    line.close()
+    assert piped.text.splitlines() == ["j-1: STARTING",
+                                       "j-1: BOOTSTRAPPING (Running bootstrap actions)",
+                                       "j-1: WAITING"]
+    terminal = Terminal(True)
+    line = StateLine(terminal)
+    for answer in answers:
+        line(*answer)
+    line.close()
+    assert terminal.text.count("\n") == 1 and terminal.text.endswith("\n")  # one live line
+    shown = terminal.text.rstrip("\n").split("\r")[-1]
+    assert shown.startswith("j-1: WAITING [") and shown.rstrip().endswith("]")
+    assert len(shown) == len(terminal.text.rstrip("\n").split("\r")[-2])  # the longer line wiped

@@ -274,3 +274,48 @@ def test_config_keys_policies_and_protection_are_kept_and_echoed(cms, local, emr
                             "--cloud=local").out)
     assert cluster_id not in {c["Id"] for c in listed}
     assert cms("stop", cluster_id, "--cloud=local").code == 0
+
+
+# ---- the REST operations on the emulator ----------------------------------------------------
+
+def test_rest_operations_on_the_emulator(local, emr, cm):
+    from cloudmesh.emr.api.server import create_app
+
+    with create_app(cloud="local").test_client(base_url="http://127.0.0.1:8080") as client:
+        config = {**AIRFLOW, "Steps": [], "Instances": {
+            **AIRFLOW["Instances"], "KeepJobFlowAliveWhenNoSteps": True}}
+        started = client.post("/clusters", json={"config": config,
+                                                 "name": "rest", "count": 3,
+                                                 "tags": {"team": "data"}})
+        assert started.status_code == 201, started.text
+        cluster_id = started.json()["ClusterId"]
+        local.wait_cluster(cluster_id, ["WAITING"])
+        groups = client.get(f"/clusters/{cluster_id}/groups").json()
+        assert [g["InstanceGroupType"] for g in groups] == ["MASTER", "CORE"]
+        added = client.post(f"/clusters/{cluster_id}/groups", json={"count": 1, "spot": True})
+        assert added.status_code == 201, added.text
+        assert added.json()["GroupId"] in {g["Id"] for g in emr.list_instance_groups(
+            ClusterId=cluster_id)["InstanceGroups"]}
+        core = groups[1]["Id"]
+        resized = client.patch(f"/clusters/{cluster_id}/groups/{core}", json={"count": 3})
+        assert resized.status_code == 200, resized.text
+        wait_for(lambda: running(emr, cluster_id, "CORE") == 3, 30, what="3 core nodes")
+        changed = client.patch(f"/clusters/{cluster_id}", json={
+            "concurrency": 2, "idle_timeout": "1h", "scaling": "2:6", "protected": True})
+        assert changed.status_code == 200, changed.text
+        assert emr.get_auto_termination_policy(ClusterId=cluster_id)["AutoTerminationPolicy"] \
+            == {"IdleTimeout": 3600}
+        assert emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["TerminationProtected"]
+        config = client.get(f"/clusters/{cluster_id}/config").json()
+        assert config["ManagedScalingPolicy"]["ComputeLimits"]["MaximumCapacityUnits"] == 6
+        assert config["Tags"] == [{"Key": "team", "Value": "data"}]
+        metrics = client.get(f"/clusters/{cluster_id}/metrics", params={"since": "1h"})
+        assert metrics.status_code == 200, metrics.text
+        listed = client.get("/clusters", params={"created_after": "10m"}).json()
+        assert cluster_id in {c["Id"] for c in listed}
+        refused = client.delete(f"/clusters/{cluster_id}")
+        assert refused.status_code == 409
+        client.patch(f"/clusters/{cluster_id}", json={"protected": False})
+        assert client.delete(f"/clusters/{cluster_id}").status_code == 202
+    actions = {d["Action"] for d in cm.docs("local", "action")}
+    assert {"start", "add task", "resize", "modify", "protect"} <= actions

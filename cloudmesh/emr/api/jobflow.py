@@ -38,27 +38,12 @@ S3_SCRIPT = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+")
 COUNT = re.compile(r"^\s*\d+\s*$")
 
 
-# a configuration property whose name says it holds a secret (until a shared redaction exists)
-SECRET_PROPERTY = re.compile(r"(password|passwd|secret|token|credential|private[._-]?key|"
-                             r"access[._-]?key|signature)", re.IGNORECASE)
-REDACTED = "***"
-
-
 def redact_configurations(configurations):
-    """Configurations (EMR's shape, nested) with the values of secret properties masked."""
-    masked = []
-    for item in configurations or []:
-        if not isinstance(item, dict):
-            masked.append(item)
-            continue
-        item = dict(item)
-        if isinstance(item.get("Properties"), dict):
-            item["Properties"] = {key: (REDACTED if SECRET_PROPERTY.search(str(key)) else value)
-                                  for key, value in item["Properties"].items()}
-        if item.get("Configurations"):
-            item["Configurations"] = redact_configurations(item["Configurations"])
-        masked.append(item)
-    return masked
+    """A copy of Configurations (EMR's shape, nested) with the values of properties whose
+    names say they hold a secret masked (redaction.mask: the rule every record follows)."""
+    from cloudmesh.emr.redaction import mask
+
+    return mask(copy.deepcopy(configurations or []))
 
 
 # ---- reading and checking ---------------------------------------------------------------
