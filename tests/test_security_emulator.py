@@ -462,6 +462,16 @@ def test_a_step_naming_a_local_path_outside_the_cluster_fails_and_runs_nothing(
         details = described["Status"]["FailureDetails"]
         assert details["Reason"] == "File not found"
         assert f"{path} does not exist on the cluster" in details["Message"]
+    # bash FILE: the file must be on the cluster too (bash -c TEXT is the user's own code)
+    script = tmp_path / "outside.sh"
+    script.write_text(f"echo ran > {marker}\n")
+    for name in (str(script), "../../" + str(script), "~/outside.sh"):
+        [described] = run_steps(emulator, cluster, step("bash-outside", "bash", name))
+        assert described["Status"]["State"] == "FAILED", name
+        details = described["Status"]["FailureDetails"]
+        assert details["Reason"] == "File not found"
+        assert "does not exist on the cluster" in details["Message"]
+        done.append(described)
     assert not marker.exists()
     controllers = "".join(  # the step's controller log says what it started: nothing
         (emulator.master(cluster) / "mnt/var/log/hadoop/steps" / d["Id"] / "controller")

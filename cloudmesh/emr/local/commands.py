@@ -354,6 +354,31 @@ EXAMPLE_PREFIX = "org.apache.spark.examples."
 BASH_SCRIPT_OPTIONS = {"-c"}
 
 
+# bash options that take a value (the value is not the script file)
+BASH_VALUE_OPTIONS = {"-o", "+o", "-O", "+O", "--rcfile", "--init-file"}
+
+
+def bash_script(args):
+    """The script file that ``bash ARGS`` (after ``bash``) runs, or None when the script
+    is inline (``-c``) or read from stdin."""
+    index = 0
+    while index < len(args):
+        word = args[index]
+        if word in BASH_SCRIPT_OPTIONS or (word.startswith("-") and not word.startswith("--")
+                                           and "c" in word[1:]):
+            return None  # bash -c SCRIPT (or -ec, -xc ...): the script is the text
+        if word == "--":
+            return args[index + 1] if index + 1 < len(args) else None
+        if word in BASH_VALUE_OPTIONS:
+            index += 2
+            continue
+        if word.startswith(("-", "+")) and word not in ("-", "+"):
+            index += 1
+            continue
+        return word
+    return None
+
+
 def step_kind(jar):
     """The kind of a step with ``jar``: command, script or jar (a custom jar)."""
     return JARS.get(posixpath.basename(jar or ""), "jar")

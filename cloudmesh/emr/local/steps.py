@@ -46,7 +46,9 @@ from cloudmesh.emr.local.commands import (
     HOME,
     SHIPPED,
     aws_method,
+    bash_script,
     cluster_mode,
+    cluster_path,
     command_method,
     example_program,
     sort_records,
@@ -470,7 +472,19 @@ class StepRun:
         return word.replace(HOME, str(self.home)) if HOME in word else word
 
     def _bash(self, args):
-        """``bash -c SCRIPT`` or ``bash FILE ARGS``, in /home/hadoop on the master."""
+        """``bash -c SCRIPT`` or ``bash FILE ARGS``, in /home/hadoop on the master.
+
+        FILE must be on the cluster (under /home/hadoop, or what EMR ships); any other
+        path of this machine does not exist there, and nothing runs."""
+        script = bash_script(args[1:])
+        if script is not None:
+            local = cluster_path(script, self.master, shipped_folders(), cwd=HOME)
+            on_master = local is not None and Path(self.master) in local.parents
+            if (local is None or not local.is_file()
+                    or (on_master and not inside(local, self.master))):
+                raise StepFailure("File not found",
+                                  f"bash: {script}: No such file or directory (it does not "
+                                  f"exist on the cluster)")
         command = ["bash", *[self._on_master(arg) for arg in args[1:]]]
         self.note(f"running {command}")
         code, _ = self._process_run(command, self.home, self._shell_env())
