@@ -250,7 +250,8 @@ def test_spark_example_sparkpi_prints_pi(emulator, emr, s3, cluster):
 
 
 @pytest.mark.skipif(not shutil.which("javac") or not shutil.which("jar"), reason="needs a JDK")
-def test_a_custom_jar_step_runs_its_main_class(emulator, emr, s3, cluster, bucket, tmp_path):
+def test_a_custom_jar_step_runs_its_main_class(emulator, emr, s3, cluster, bucket, tmp_path,
+                                               local_cms):
     import pyspark
 
     jars = Path(pyspark.__file__).parent / "jars"
@@ -268,6 +269,13 @@ def test_a_custom_jar_step_runs_its_main_class(emulator, emr, s3, cluster, bucke
     done = finished(emulator, cluster, step_id, timeout=240)
     assert done["Status"]["State"] == "COMPLETED", done["Status"]
     assert "hello from a jar: one,two on Spark 3." in log_of(s3, cluster, step_id, "stdout")
+    # a --class the jar does not hold: class-not-found, naming it
+    [wrong] = add(emr, cluster, step("wrong class", [], jar=f"s3://{bucket}/jobs/hello.jar",
+                                     MainClass="demo.Helo"))
+    assert finished(emulator, cluster, wrong, timeout=240)["Status"]["State"] == "FAILED"
+    found = json.loads(local_cms("diagnose", cluster, wrong, "--format=json").out)[0]
+    assert found["Class"] == "class-not-found", found
+    assert "demo.Helo" in found["Line"]
 
 
 # ---- failing programs on the emulator, each diagnosed to its class with its line ------------
@@ -376,3 +384,33 @@ def test_wait_on_a_cancelled_step_exits_1_and_says_it_was_cancelled(emulator, em
     assert result.code == 1
     assert result.out.split() == [pending, "CANCELLED"]
     assert "[cancelled]" in result.err
+
+
+def test_a_failed_bootstrap_action_is_diagnosed_with_its_exit_code_and_stderr(
+        emulator, emr, s3, bucket, local_cms):
+    s3.put_object(Bucket=bucket, Key="bootstrap/ok.sh", Body=b"echo fine\n")
+    s3.put_object(Bucket=bucket, Key="bootstrap/install.sh",
+                  Body=b"echo \"No matching distribution found for $1\" >&2\nexit 3\n")
+    answer = emr.run_job_flow(
+        Name="bad bootstrap", ReleaseLabel="emr-7.12.0", LogUri="s3://kinds-logs/emr/",
+        Applications=[{"Name": "Spark"}],
+        Instances={"InstanceGroups": [
+            {"InstanceRole": "MASTER", "InstanceType": "m5.xlarge", "InstanceCount": 1}],
+            "KeepJobFlowAliveWhenNoSteps": True},
+        BootstrapActions=[
+            {"Name": "fine", "ScriptBootstrapAction": {"Path": f"s3://{bucket}/bootstrap/ok.sh"}},
+            {"Name": "install-deps", "ScriptBootstrapAction": {
+                "Path": f"s3://{bucket}/bootstrap/install.sh", "Args": ["numpy==0.0.1"]}}],
+        JobFlowRole="EMR_EC2_DefaultRole", ServiceRole="EMR_DefaultRole")
+    cluster_id = answer["JobFlowId"]
+    emulator.wait_cluster(cluster_id, ["TERMINATED_WITH_ERRORS"], timeout=60)
+    result = local_cms("diagnose", cluster_id, "--format=json")
+    assert result.code == 0, result.err
+    [found] = json.loads(result.out)
+    assert found["Class"] == "bootstrap-failure", found
+    assert "bootstrap action 2 returned a non-zero return code" in found["Line"]
+    action = found["BootstrapAction"]
+    assert (action["Number"], action["Name"], action["ExitCode"]) == (2, "install-deps", 3)
+    assert any("No matching distribution found for numpy==0.0.1" in line
+               for line in action["Stderr"])
+    assert "install-deps" in found["Hint"] and "exit code 3" in found["Hint"]
