@@ -251,3 +251,36 @@ def test_wait_on_an_interrupted_step_exits_1_with_its_diagnosis(emr, s3, cm, cms
     assert "Cause: Step interrupted [interrupted]" in result.err
     assert cm.db["aws-emr-diagnosis"].find_one({"_id": f"aws/diagnosis/{step_id}"})["Class"] == \
         "interrupted"
+
+
+def test_run_and_stream_options_reach_the_step_and_bad_ones_are_exit_2(emr, cm, cms):
+    cluster_id = run_job_flow(emr, "options")
+    result = cms("run", cluster_id, "my-bucket", "jobs/app.jar", "in", "--class=com.example.Main",
+                 "--name=nightly", "--on-failure=terminate")
+    assert result.code == 0, result.err
+    step = emr.describe_step(ClusterId=cluster_id, StepId=result.out.strip())["Step"]
+    assert step["Name"] == "nightly" and step["ActionOnFailure"] == "TERMINATE_CLUSTER"
+    assert step["Config"]["Args"] == ["spark-submit", "--class", "com.example.Main",
+                                      "s3://my-bucket/jobs/app.jar", "in"]
+    plain = cms("run", cluster_id, "my-bucket", "jobs/wordcount.py")
+    step = emr.describe_step(ClusterId=cluster_id, StepId=plain.out.strip())["Step"]
+    assert step["Name"] == "wordcount.py" and step["ActionOnFailure"] == "CONTINUE"
+    stream = cms("stream", cluster_id, "--mapper=s3://my-bucket/m.py", "--reducer=s3://my-bucket/r.py",
+                 "--input=s3://my-bucket/a/", "--input=s3://my-bucket/b/",
+                 "--output=s3://my-bucket/out/", "--on-failure=cancel")
+    step = emr.describe_step(ClusterId=cluster_id, StepId=stream.out.strip())["Step"]
+    assert step["ActionOnFailure"] == "CANCEL_AND_WAIT"
+    assert step["Config"]["Args"].count("-input") == 2
+    before = len(emr.list_steps(ClusterId=cluster_id)["Steps"])
+    for args, word in [
+        (["run", cluster_id, "my-bucket", "jobs/app.py", "--class=com.x.Main"], "--class"),
+        (["run", cluster_id, "my-bucket", "jobs/app.jar", "--class=not a class"], "--class"),
+        (["run", cluster_id, "my-bucket", "jobs/app.py", "--on-failure=explode"], "explode"),
+        (["stream", cluster_id, "--mapper=m.py", "--reducer=s3://my-bucket/r.py",
+          "--input=s3://my-bucket/a/", "--output=s3://my-bucket/o/"], "--mapper"),
+        (["logs", cluster_id, "s-ABC", "--tail=many"], "--tail"),
+        (["diagnose", cluster_id, "x-1"], "x-1"),
+    ]:
+        result = cms(*args)
+        assert result.code == 2 and one_error_line(result.err) and word in result.err, (args, result)
+    assert len(emr.list_steps(ClusterId=cluster_id)["Steps"]) == before
