@@ -331,6 +331,41 @@ def render_metrics(records, fmt="table"):
     return _table(["Metric", "Latest", "Min", "Max", "Trend"], body)
 
 
+def dollars(value, places=2):
+    """USD to ``places`` decimals; a price below that shows its own digits (spot 0.00001)."""
+    if value is None:
+        return ""
+    if 0 < value < 10 ** -places:
+        return f"{value:.2g}"
+    return f"{value:.{places}f}"
+
+
+def render_cost(report, fmt="table"):
+    """A `cost` report: one row per cluster group and instance type (its price per
+    instance-hour, instances running, dollars per hour now and so far), a row per cluster
+    and a total row; json, yaml and dict the whole report."""
+    fmt = check_format(fmt)
+    if fmt in ("json", "yaml", "dict"):
+        return _whole(report, fmt)
+    headers = ["Cluster", "State", "Group", "Type", "Market", "Running", "EC2 $/h", "EMR $/h",
+               "$/h now", "$ so far", "Price from"]
+    body = []
+    for cluster in report["Clusters"]:
+        for row in cluster["Groups"]:
+            body.append([cluster["Id"], cluster["State"], row["Role"], row["InstanceType"],
+                         row["Market"], row["Running"], dollars(row["Ec2Price"], 4),
+                         dollars(row["EmrPrice"], 4), dollars(row["DollarsPerHour"]),
+                         dollars(row["DollarsSoFar"]), row["PriceSource"] or "unknown"])
+        body.append([cluster["Id"], cluster["State"], "cluster", "", "", "", "", "",
+                     dollars(cluster["DollarsPerHour"]), dollars(cluster["DollarsSoFar"]), ""])
+    body.append(["total", "", "", "", "", "", "", "", dollars(report["DollarsPerHour"]),
+                 dollars(report["DollarsSoFar"]), ""])
+    if fmt == "csv":
+        return _csv(headers, body)
+    return (f"{_table(headers, body)}\n"
+            f"USD as of {when(report['AsOf'])}; {report['NotCounted']}.")
+
+
 def render_config(document):
     """A cluster's config document as the YAML file ``start --config`` reads."""
     import yaml

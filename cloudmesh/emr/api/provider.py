@@ -210,14 +210,18 @@ class Provider:
         if self._owns_database and self._database is not None:
             self._database.close()
 
-    def client(self, service):
-        """The botocore client of ``service``, made once. S3's comes through boto3, whose
+    def client(self, service, region=None):
+        """The botocore client of ``service`` (in ``region`` when given: the Price List API
+        answers from us-east-1 only), made once. S3's comes through boto3, whose
         transfer manager uploads; the others straight from botocore, so a command that
         never transfers a file does not import boto3 and s3transfer."""
-        if service not in self._clients:
+        key = service if region is None else f"{service}@{region}"
+        if key not in self._clients:
             from botocore.config import Config
 
             session_options, self._endpoint = self.settings.boto_options(self.cloud)
+            if region is not None:
+                session_options = {**session_options, "region_name": region}
             control = sys.modules.get("cloudmesh.emr.local.control")
             if control is not None:  # a lost daemon.json rebuilt, or a stale one removed
                 self.warnings.extend(control.take_warnings())
@@ -239,8 +243,8 @@ class Provider:
                 client = make(service, endpoint_url=self._endpoint, config=config,
                               **session_options)
             self._check_endpoint(client.meta.endpoint_url)
-            self._clients[service] = client
-        return self._clients[service]
+            self._clients[key] = client
+        return self._clients[key]
 
     def _check_endpoint(self, url):
         """Refuse an endpoint with credentials in it from wherever boto3 took it
@@ -1439,6 +1443,85 @@ class Provider:
         self._record("metric", records, cluster=cluster_id)
         return records
 
+    # ---- cost --------------------------------------------------------------------------
+
+    def cost(self, cluster_ids=None, status=None):
+        """What the clusters cost: per cluster its groups (or fleets), each type's hourly
+        price (EC2 on-demand or spot, plus EMR's), dollars per hour now and dollars so far,
+        and the total (see api/cost.py). Without ids: the clusters in ``status`` (active)."""
+        from cloudmesh.emr.api import cost
+
+        self.warnings = []
+        if cluster_ids:
+            for cluster_id in cluster_ids:
+                check_cluster_id(cluster_id)
+            clusters = [self._describe(cluster_id) for cluster_id in dict.fromkeys(cluster_ids)]
+        else:
+            clusters = self.list_clusters(status=status or ["active"])
+            self.warnings = []
+        prices = _Prices(self)
+        estimates = []
+        for cluster in clusters:
+            cluster_id = cluster["Id"]
+            groups = self.list_groups(cluster_id)
+            instances = utc(self._pages("list_instances", "Instances",
+                                        f"list the instances of {cluster_id}",
+                                        ClusterId=cluster_id))
+            zone = cluster.get("Ec2InstanceAttributes", {}).get("Ec2AvailabilityZone")
+
+            def price_of(instance_type, market, zone=zone):
+                return prices.price(instance_type, market, zone)
+
+            estimates.append(cost.estimate(cluster, groups, instances, price_of, now()))
+        self.warnings.extend(prices.warnings())
+        for estimate in estimates:
+            if estimate["Unpriced"]:
+                self.warnings.append(f"{estimate['Id']}: no price known for "
+                                     f"{', '.join(estimate['Unpriced'])} in {self.region}; "
+                                     "those instances are not counted")
+        return cost.total(estimates, now())
+
+    def _cached_prices(self, ids):
+        """Prices read from the Price List API within the last day: id -> record."""
+        from cloudmesh.emr.api import cost
+
+        try:
+            found = self.database.find(self.cloud, "price", {"Id": {"$in": list(ids)}})
+        except DatabaseError:
+            return {}
+        fresh = now() - datetime.timedelta(seconds=cost.PRICE_TTL)
+        return {doc["Id"]: doc for doc in found if utc(doc.get("Fetched")) and
+                utc(doc["Fetched"]) >= fresh}
+
+    def price_list(self, instance_type, region):
+        """{"ec2", "emr"} USD per instance-hour from the Price List API (None for a
+        service it has no product of)."""
+        from cloudmesh.emr.api import cost
+
+        pricing = self.client("pricing", region=cost.PRICING_REGION)
+        found = {}
+        for service in cost.SERVICES:
+            code, terms = cost.filters(service, instance_type, region)
+            with self._aws(f"read the {code} price of {instance_type} in {region}"):
+                pages = pricing.get_paginator("get_products").paginate(
+                    ServiceCode=code, Filters=terms, FormatVersion="aws_v1")
+                products = [item for page in pages for item in page.get("PriceList", [])]
+            found[service] = cost.on_demand_usd(products, service)
+        return found
+
+    def spot_price(self, instance_type, zone, when=None):
+        """EC2's spot price of ``instance_type`` (Linux) in ``zone`` at ``when``."""
+        from cloudmesh.emr.api import cost
+
+        ec2 = self.client("ec2")
+        query = {"InstanceTypes": [instance_type], "ProductDescriptions": [cost.SPOT_PRODUCT]}
+        if zone:
+            query["Filters"] = [{"Name": "availability-zone", "Values": [zone]}]
+        with self._aws(f"read the spot price history of {instance_type}"):
+            pages = ec2.get_paginator("describe_spot_price_history").paginate(**query)
+            history = [item for page in pages for item in page.get("SpotPriceHistory", [])]
+        return cost.spot_price(history, when)
+
 
 
 
@@ -1491,3 +1574,75 @@ def log_part_order(key):
     if part is None:
         return (1, 0, "")
     return (0, int(part), "") if part.isdigit() else (0, 0, part)
+
+
+class _Prices:
+    """The prices of one `cost` run: each type asked once; the Price List API first (cached
+    a day in the database), the shipped table when it cannot be asked."""
+
+    def __init__(self, provider):
+        self.provider = provider
+        self.region = provider.region
+        self.known = {}
+        self.spots = {}
+        self.fallback = None  # why the Price List API was not used
+        self.spot_failure = None
+
+    def price(self, instance_type, market, zone):
+        from cloudmesh.emr.api import cost
+
+        if instance_type not in self.known:
+            self.known[instance_type] = self._on_demand(instance_type)
+        base = self.known[instance_type]
+        if base is None or market != "SPOT":
+            return base
+        key = (instance_type, zone)
+        if key not in self.spots:
+            try:
+                self.spots[key] = self.provider.spot_price(instance_type, zone)
+            except EmrError as error:
+                self.spot_failure = error.message
+                self.spots[key] = None
+        spot = self.spots[key]
+        if spot is None:  # no history: EMR's default bid is the on-demand price
+            return {**base, "source": f"{base['source']} (no spot price found: on-demand)"}
+        return {"ec2": spot, "emr": base["emr"], "source": f"spot {zone or ''}".strip()}
+
+    def _on_demand(self, instance_type):
+        from cloudmesh.emr.api import cost
+
+        ident = f"{self.region}/{instance_type}"
+        if self.fallback is None:
+            cached = self.provider._cached_prices([ident]).get(ident)
+            if cached:
+                return {"ec2": cached["Ec2"], "emr": cached["Emr"], "source": "Price List API"}
+            try:
+                found = self.provider.price_list(instance_type, self.region)
+            except EmrError as error:
+                self.fallback = error.message
+            else:
+                if found.get("ec2") is not None and found.get("emr") is not None:
+                    self.provider._record("price", [{
+                        "Id": ident, "Region": self.region, "InstanceType": instance_type,
+                        "Ec2": found["ec2"], "Emr": found["emr"], "Currency": "USD",
+                        "Source": "Price List API", "Fetched": now()}])
+                    return {"ec2": found["ec2"], "emr": found["emr"], "source": "Price List API"}
+        shipped = cost.table_price(self.region, instance_type)
+        if shipped is None:
+            return None
+        return {"ec2": shipped["ec2"], "emr": shipped["emr"],
+                "source": f"table {cost.table_date()}"}
+
+    def warnings(self):
+        from cloudmesh.emr.api import cost
+
+        said = []
+        if self.fallback is not None:
+            said.append(f"the AWS Price List API could not be asked ({self.fallback}); "
+                        f"prices are from the table shipped with cloudmesh-emr, dated "
+                        f"{cost.table_date()}")
+        if self.spot_failure is not None:
+            said.append(f"spot prices could not be read ({self.spot_failure}); spot "
+                        "instances are counted at the on-demand price")
+        return said
+

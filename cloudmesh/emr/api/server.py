@@ -218,6 +218,18 @@ def cluster_metrics(cluster_id, since=None):
     return _answer(provider, provider.metrics(cluster_id, since=since))
 
 
+def cluster_cost(cluster_id):
+    provider = _service().provider()
+    report = provider.cost([cluster_id])
+    return _answer(provider, {**report, "Warnings": list(provider.warnings)})
+
+
+def cost(status=None):
+    provider = _service().provider()
+    report = provider.cost(status=status or None)
+    return _answer(provider, {**report, "Warnings": list(provider.warnings)})
+
+
 # the fields each type of step takes, besides its type
 STEP_FIELDS = {
     "spark": ({"bucket", "key"}, {"args", "name", "on_failure"}),

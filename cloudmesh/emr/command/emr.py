@@ -19,7 +19,7 @@ except ImportError:  # standalone: our own `cms` runs it
 BIG_FILE = 8 * 1024 * 1024  # show upload progress above this size, on a terminal
 # the verbs that work on a cloud; each runs as EmrCommand._<verb>(arguments, provider, format)
 VERBS = ("list", "describe", "start", "stop", "upload", "copy", "run", "stream", "cancel", "logs",
-         "diagnose", "wait", "modify", "protect", "add", "resize", "metrics")
+         "diagnose", "wait", "modify", "protect", "add", "resize", "metrics", "cost")
 
 
 def say(line=""):
@@ -113,6 +113,7 @@ class EmrCommand(PluginCommand):
           emr add task CLUSTERID [--node=NODE] [--count=COUNT] [--spot] [--bid=PRICE] [--format=FORMAT] [--cloud=CLOUD]
           emr resize CLUSTERID GROUPID COUNT [--cloud=CLOUD]
           emr metrics CLUSTERID [--since=DURATION] [--format=FORMAT] [--cloud=CLOUD]
+          emr cost [CLUSTERID...] [--status=STATUS...] [--format=FORMAT] [--cloud=CLOUD]
           emr stop CLUSTERID... [--format=FORMAT] [--cloud=CLOUD]
           emr upload FILE BUCKET BUCKETNAME [--cloud=CLOUD]
           emr copy CLUSTERID BUCKET BUCKETNAME [--cloud=CLOUD]
@@ -146,7 +147,8 @@ class EmrCommand(PluginCommand):
           --status=STATUS  clusters: all, active, start, boot, run, wait,
                            terminating, shutdown, error; instances: all, start,
                            provision, boot, run, down; AWS state names work too;
-                           repeat it or separate words by commas [default: all]
+                           repeat it or separate words by commas (all;
+                           cost: active)
           --type=TYPE      instance group: all, master, core, task [default: all]
           --state=STATE    steps: all, pending, canceling, running, completed,
                            cancelled, failed, interrupted [default: all]
@@ -456,6 +458,14 @@ class EmrCommand(PluginCommand):
 
         records = provider.metrics(a["CLUSTERID"][0], since=a["--since"])
         say(printer.render_metrics(records, fmt))
+        return 0
+
+    def _cost(self, a, provider, fmt):
+        from cloudmesh.emr import printer
+
+        status = a["--status"] if a["--status"] else None
+        report = provider.cost(a["CLUSTERID"] or None, status=status)
+        say(printer.render_cost(report, fmt))
         return 0
 
     def _stop(self, a, provider, fmt):

@@ -170,6 +170,9 @@ def serve(host, port, state_dir, delay, time_scale=1.0):
     engine = Engine(delay, runner.launch, time_scale=time_scale,
                     bootstrap=lambda cluster: BootstrapRun(runner, cluster))
     model.register(engine)  # before the first request
+    from cloudmesh.emr.local import pricing
+
+    pricing.register()  # the Price List API, answered from the shipped (dated) table
     from cloudmesh.emr.local import persist
 
     try:
