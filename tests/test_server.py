@@ -1021,3 +1021,38 @@ def test_schemathesis_finds_no_server_error_and_no_nonconforming_answer(emr, s3,
     assert set(seen) == {op.ok().label for op in schema.get_all_operations()}
     assert not any(code >= 500 for codes in seen.values() for code in codes), seen
     assert all(any(200 <= code < 300 for code in codes) for codes in seen.values()), seen
+
+
+# ---- answers shared for a moment (cloudmesh.emr.server.cache) ----------------------------------
+
+
+def test_a_listing_is_shared_for_its_time_and_a_change_through_the_service_ends_that(emr, cm):
+    from cloudmesh.emr.api.server import create_app
+
+    first = run_job_flow(emr, "first", core=0)
+    with create_app(answer_ttl=3600).test_client(base_url=BASE) as client:
+        assert [c["Id"] for c in client.get("/clusters").json()] == [first]
+        second = run_job_flow(emr, "second", core=0)  # made behind the service's back
+        assert [c["Id"] for c in client.get("/clusters").json()] == [first]  # shared
+        assert client.get("/clusters?status=all").status_code == 200  # another key: asked
+        assert client.delete(f"/clusters/{first}").status_code == 202
+        listed = {c["Id"]: c["Status"]["State"] for c in client.get("/clusters").json()}
+        assert set(listed) == {first, second} and listed[first] != "WAITING"
+    with create_app().test_client(base_url=BASE) as client:  # by default nothing is shared
+        third = run_job_flow(emr, "third", core=0)
+        assert third in {c["Id"] for c in client.get("/clusters").json()}
+
+
+def test_the_served_sharing_time_comes_from_cloudmesh_yaml(cm):
+    from cloudmesh.emr.api.server import SERVED_TTL, served_ttl
+    from cloudmesh.emr.config import Settings
+    from cloudmesh.emr.errors import UsageError
+
+    assert served_ttl(Settings.load()) == SERVED_TTL
+    cm.write(emr={"server": {"cache": 0}})
+    assert served_ttl(Settings.load()) == 0
+    for bad in ("soon", -1, True, 86400):
+        cm.write(emr={"server": {"cache": bad}})
+        with pytest.raises(UsageError) as caught:
+            served_ttl(Settings.load())
+        assert "cloudmesh.emr.server.cache" in caught.value.message
