@@ -521,9 +521,11 @@ class EmulatorBackend(moto_models.ElasticMapReduceBackend):
 
         with self.lock:
             cluster = self.clusters[cluster_id]
-            if cluster.state in ENDED_STATES:
+            # moto's Cluster constructor adds the groups of MasterInstanceType and
+            # SlaveInstanceType before the cluster has a state or fleets
+            if getattr(cluster, "state", None) in ENDED_STATES:
                 raise ValidationException(NOT_MODIFIABLE)
-            if cluster.instance_fleets:
+            if getattr(cluster, "instance_fleets", None):
                 raise ValidationException(
                     "Instance fleets and instance groups are mutually exclusive. The EMR "
                     "cluster specified in the request uses instance fleets.")
@@ -533,7 +535,7 @@ class EmulatorBackend(moto_models.ElasticMapReduceBackend):
                 self.instance_groups[group.id] = group
                 cluster.add_instance_group(group)
                 added.append(group)
-                if cluster.ready_datetime is not None:  # to a cluster that is up already
+                if getattr(cluster, "ready_datetime", None) is not None:  # up already
                     group.local_added = time.monotonic()
             return added
 

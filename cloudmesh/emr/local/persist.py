@@ -107,7 +107,12 @@ def _save_emr(state_dir, now=None):
     for account, regions in list(emulator_backends.items()):
         for region, backend in list(regions.items()):
             for cluster in list(backend.clusters.values()):
-                clusters.append(dict(snapshot(cluster, now), account=account, region=region))
+                try:
+                    clusters.append(dict(snapshot(cluster, now), account=account,
+                                         region=region))
+                except Exception as error:  # e.g. one a failed request left half made
+                    log.warning("cannot save cluster %s: %s", getattr(cluster, "id", "?"),
+                                error)
     from cloudmesh.emr.processes import write_json
 
     write_json(state_dir / EMR_FILE, {"clusters": clusters})  # atomic: write, fsync, rename
