@@ -1177,9 +1177,7 @@ class Provider:
         self.warnings = []
         check_cluster_id(cluster_id)
         for step_id in step_ids:
-            if not isinstance(step_id, str) or not STEP_ID.match(step_id):
-                raise UsageError(f"'{step_id}' is not a step id; step ids look like "
-                                 "s-2AXXXXXXGAPLF (see 'cms emr list steps CLUSTERID')")
+            check_step_id(step_id)
         delay, timeout = self._wait_times(delay, timeout)
         deadline = time.monotonic() + timeout
         emr = self.client("emr")
@@ -1525,17 +1523,18 @@ class Provider:
 
 
 
+def shown(value):
+    from cloudmesh.emr.durations import shown as short
+
+    return short(value)
+
+
 def step_name(name, default):
     if name is None:
         return default
     if not str(name).strip() or len(str(name)) > 256:
         raise UsageError("--name: a step name is 1 to 256 characters")
     return str(name)
-
-
-def shown(value, most=60):
-    text = " ".join(str(value).split())
-    return text if len(text) <= most else text[: most - 3] + "..."
 
 
 def check_step_id(step_id):
