@@ -210,6 +210,9 @@ def test_rest_serves_logs_and_the_stored_diagnosis_without_reading_s3_again(emr,
     assert again.json()["Line"] == first.json()["Line"]
     stored = cm.db["aws-emr-diagnosis"].find_one({"_id": f"aws/diagnosis/{step_id}"})
     assert stored["Class"] == "s3-not-found" and stored["Excerpt"] == first.json()["Excerpt"]
+    listed = client.get(f"/clusters/{cluster_id}/steps")
+    assert listed.status_code == 200, listed.text
+    assert listed.json()[0]["Diagnosis"]["Class"] == "s3-not-found"
     actions = [d for d in cm.docs("aws", "action") if d["Action"] == "logs"]
     assert [a["Target"] for a in actions] == [step_id]
     gone = client.get(f"/clusters/{cluster_id}/steps/{step_id}/logs/stdout")
