@@ -210,12 +210,18 @@ def test_presigned_urls_verify_and_unsigned_or_altered_ones_do_not(emulator):
     assert raw(emulator, "PUT", other, b"x")[0] == 403
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
     assert sorted(keys) == ["a b+c.txt", "up.txt"]
-    # Signature Version 2 (boto3's default for presigned URLs here) is refused, and says why
+    # Signature Version 2 presigned URLs (boto3's default here) verify as well
     v2 = urlsplit(s3.generate_presigned_url("get_object",
                                             Params={"Bucket": bucket, "Key": "a b+c.txt"}))
     assert "AWSAccessKeyId=" in v2.query
-    status, _, body = raw(emulator, "GET", f"{v2.path}?{v2.query}")
-    assert status == 400 and b"<Code>InvalidRequest</Code>" in body and b"s3v4" in body
+    assert raw(emulator, "GET", f"{v2.path}?{v2.query}")[:3:2] == (200, b"hello")
+    forged = f"{v2.path.replace('a%20b', 'a%20c')}?{v2.query}"
+    status, _, body = raw(emulator, "GET", forged)
+    assert status == 403 and b"SignatureDoesNotMatch" in body
+    # a SigV2 Authorization header is not accepted, and the answer says why
+    status, _, body = raw(emulator, "GET", f"/{bucket}", headers={
+        "Authorization": f"AWS {emulator.credentials.access_key_id}:c2lnbmF0dXJl"})
+    assert status == 400 and b"<Code>InvalidRequest</Code>" in body and b"AWS4" in body
 
 
 def test_expired_presigned_urls_and_old_signatures_are_refused():
@@ -254,7 +260,16 @@ def test_expired_presigned_urls_and_old_signatures_are_refused():
     assert status.startswith("200") and no_cors(headers)  # moto's CORS headers are removed
     status, _, body = call(lambda: now + 120)
     assert status.startswith("403") and b"Request has expired" in body
-    assert seen == ["/b/k"]
+    # Signature Version 2 presigned URLs expire too
+    v2 = boto3.session.Session().client("s3", endpoint_url="http://127.0.0.1:5999",
+                                        region_name="us-east-1", **pair.boto())
+    url = urlsplit(v2.generate_presigned_url("get_object", Params={"Bucket": "b", "Key": "k"},
+                                             ExpiresIn=60))
+    assert "Expires=" in url.query
+    assert call(lambda: now)[0].startswith("200")
+    status, _, body = call(lambda: now + 120)
+    assert status.startswith("403") and b"Request has expired" in body
+    assert seen == ["/b/k", "/b/k"]
 
 
 def test_a_restarted_daemon_keeps_its_valid_credentials_and_replaces_others(tmp_path):

@@ -8,7 +8,10 @@ A WSGI middleware around moto's server application. Every request, the ones to
 2. not be a CORS preflight (``OPTIONS``): a browser page gets no permission;
 3. carry an AWS Signature Version 4, in the ``Authorization`` header or in the
    query string (a presigned URL), made with the daemon's own credentials
-   (``credentials.py``), within 15 minutes of now (a presigned URL: until it expires).
+   (``credentials.py``), within 15 minutes of now (a presigned URL: until it expires);
+   an S3 presigned URL may also be of Signature Version 2, the default of boto3 and
+   ``aws s3 presign`` for a custom endpoint (a SigV2 ``Authorization`` header is not
+   accepted).
 
 A refused request gets AWS's own error in the shape its protocol expects (JSON for
 EMR, XML for S3 and EC2, the query XML for CloudWatch-like services, CBOR for
@@ -190,9 +193,47 @@ class Guard:
                          values.get("X-Amz-SignedHeaders", ""), values.get("X-Amz-Signature", ""),
                          values.get("X-Amz-Date", ""), presigned=expires)
             return
-        if "Signature" in values and "AWSAccessKeyId" in values:
-            raise Refusal("sigv2")  # a presigned URL of Signature Version 2
+        if "Signature" in values and "AWSAccessKeyId" in values and "Expires" in values:
+            self._verify_v2(environ, values)  # an S3 presigned URL of Signature Version 2
+            return
         raise Refusal("missing")
+
+    def _verify_v2(self, environ, values):
+        """An S3 presigned URL of Signature Version 2 (what boto3 and ``aws s3 presign``
+        make by default for a custom endpoint), recomputed with botocore's HmacV1 signer."""
+        from urllib.parse import urlsplit
+
+        from botocore.auth import HmacV1Auth
+        from botocore.awsrequest import HTTPHeaders
+        from botocore.credentials import Credentials
+
+        if not hmac.compare_digest(values["AWSAccessKeyId"].encode(),
+                                   self.credentials.access_key_id.encode()):
+            raise Refusal("unknown-key")
+        try:
+            expires = int(values["Expires"])
+        except ValueError:
+            raise Refusal("bad-signature") from None
+        if self.clock() > expires:
+            raise Refusal("expired")
+        headers = HTTPHeaders()
+        for name, value in values.items():  # signed headers travel in the query
+            if name.lower().startswith("x-amz-") or name.lower() in ("content-md5",
+                                                                     "content-type"):
+                headers[name.lower()] = value
+
+        class Verifier(HmacV1Auth):
+            def _get_date(self):
+                return str(expires)  # the Date line of a presigned URL is its Expires
+
+        signer = Verifier(Credentials(self.credentials.access_key_id,
+                                      self.credentials.secret_access_key))
+        raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "/")
+        split = urlsplit(f"http://{environ.get('HTTP_HOST')}{raw}")
+        expected = signer.sign_string(signer.canonical_string(
+            environ.get("REQUEST_METHOD", "GET"), split, headers))
+        if not hmac.compare_digest(expected.encode(), values["Signature"].encode()):
+            raise Refusal("bad-signature")
 
     def _verify(self, environ, scope, signed, signature, timestamp, presigned):
         from botocore.awsrequest import AWSRequest
