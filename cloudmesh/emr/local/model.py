@@ -478,6 +478,15 @@ class EmulatorBackend(moto_models.ElasticMapReduceBackend):
         if self.engine is not None:
             self.engine.adopt(cluster)
 
+    def engine_forget_instances(self, cluster):
+        """The EC2 instances of a cluster that is not kept end at once."""
+        ids = [instance.ec2_instance_id for instance in getattr(cluster, "ec2_instances", [])]
+        if ids:
+            try:
+                self.ec2_backend.terminate_instances(ids)
+            except Exception:  # EMR's view is right already
+                pass
+
     def reset(self):
         """moto's reset (POST /moto-api/reset) also forgets the engine's runs of this backend.
 
@@ -507,7 +516,17 @@ class EmulatorBackend(moto_models.ElasticMapReduceBackend):
                 attrs["emr_managed_slave_security_group"],
                 attrs["service_access_security_group"],
             ) = self._manage_security_groups(**attrs)
-            return Cluster(self, **kwargs)
+            known = set(self.clusters)
+            try:
+                return Cluster(self, **kwargs)
+            except Exception:
+                # EMR creates nothing for a refused request; moto's constructor has
+                # registered the half-made cluster (and its groups) already
+                for cluster_id in set(self.clusters) - known:
+                    cluster = dict.pop(self.clusters, cluster_id)
+                    for group_id in getattr(cluster, "instance_group_ids", []):
+                        self.instance_groups.pop(group_id, None)
+                raise
 
     def add_instance_groups(self, cluster_id, instance_groups):
         """AddInstanceGroups: EMR's groups (see InstanceGroup), under the engine's lock.

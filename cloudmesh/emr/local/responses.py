@@ -38,8 +38,20 @@ class EmulatorResponse(ElasticMapReduceResponse):
         roles = [model.InstanceFleet(None, spec).role for spec in fleets]  # validates each
         if len(set(roles)) != len(roles):
             raise ValidationException("A cluster has at most one instance fleet of each type.")
-        result = super().run_job_flow()
         backend = self.backend
+        known = set(backend.clusters)
+        try:
+            result = super().run_job_flow()
+        except Exception:
+            # EMR creates nothing for a refused request (e.g. a MASTER group of 2):
+            # moto refuses a group after the cluster exists
+            with backend.lock:
+                for cluster_id in set(backend.clusters) - known:
+                    cluster = dict.pop(backend.clusters, cluster_id)
+                    for group_id in getattr(cluster, "instance_group_ids", []):
+                        backend.instance_groups.pop(group_id, None)
+                    backend.engine_forget_instances(cluster)
+            raise
         with backend.lock:
             cluster = backend.clusters.get(result.result.get("JobFlowId"))
             if cluster is None:
