@@ -443,7 +443,13 @@ def test_spark_word_count_reads_and_writes_s3(emulator, emr, s3, bucket):
     assert counts == sorted(counts, key=lambda pair: (-pair[1], pair[0]))
     assert counts[0] == ("the", expected["the"])
 
-    stdout = read_log(s3, f"s3://{LOG_BUCKET}/{cluster_id}/steps/{step_id}/stdout.gz")
+    # cluster deploy mode, as on EMR: the driver's output is in its YARN container's log,
+    # and the step's stderr names the application
+    stderr = read_log(s3, f"s3://{LOG_BUCKET}/{cluster_id}/steps/{step_id}/stderr.gz")
+    application = re.search(r"application_\d+_\d+", stderr).group(0)
+    container = application.replace("application_", "container_") + "_01_000001"
+    stdout = read_log(s3, f"s3://{LOG_BUCKET}/{cluster_id}/containers/{application}/"
+                          f"{container}/stdout.gz")
     assert "wrote the word counts" in stdout
     step_record = emr.describe_step(ClusterId=cluster_id, StepId=step_id)["Step"]
     timeline = step_record["Status"]["Timeline"]
