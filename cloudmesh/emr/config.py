@@ -238,6 +238,15 @@ class Settings:
                 session.update(pair.boto())
         return session, (check_endpoint(cloud, str(endpoint)) if endpoint else None)
 
+    def retry_attempts(self):
+        """How many times an AWS call is tried in all (cloudmesh.emr.retry.attempts; 4,
+        botocore's standard mode's own default in our client)."""
+        value = self.get("emr", "retry", "attempts", default=4)
+        if isinstance(value, bool) or not str(value).strip().isdigit() or not 1 <= int(value) <= 20:
+            raise UsageError(f"cloudmesh.emr.retry.attempts '{shorten(value)}' must be a whole "
+                             "number from 1 to 20")
+        return int(value)
+
     # ---- database ---------------------------------------------------------------
 
     def mongo(self):

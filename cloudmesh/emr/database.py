@@ -28,6 +28,8 @@ DUPLICATE_KEY = 11000
 INT64 = (-(2 ** 63), 2 ** 63 - 1)
 TIMEOUT_MS = 3000
 IN_QUERY_IDS = 64  # more ids than this are looked up in one pass over the collection
+WRITE_BATCH = 500  # upserts per bulk write
+RETRY_AFTER = 10.0  # seconds an unreachable database is not asked again (one command's span)
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 CONFIGURED_TIMEOUTS = re.compile(r"\s*\(configured timeouts:[^)]*\)")  # pymongo's, not the user's
 
@@ -445,11 +447,18 @@ class Database:
         if not records:
             return []
         stamp = now()
+        down = getattr(self, "_down", None)
+        if down is not None and time.monotonic() - down[0] < RETRY_AFTER:
+            self._journal_batch(cloud, kind, records, cluster, stamp, down[1])
         try:
             self.sync()
-            return self._write(cloud, kind, records, cluster, stamp)
+            written = self._write(cloud, kind, records, cluster, stamp)
         except DatabaseError as error:
+            if not getattr(error, "refused", False):  # unreachable: do not wait on it again soon
+                self._down = (time.monotonic(), error)
             self._journal_batch(cloud, kind, records, cluster, stamp, error)
+        self._down = None
+        return written
 
     def _journal_batch(self, cloud, kind, records, cluster, stamp, error):
         from cloudmesh.emr.journal import JournalError
@@ -555,8 +564,9 @@ class Database:
             previous = by_ids(collection, [key for key in changed if key in stored])
             operations = [self.operation(key, *documents[key][1:], stamp, previous.get(key),
                                          replay=replay) for key in changed]
-            try:
-                collection.bulk_write(operations, ordered=False)
+            try:  # in pieces: each answers well within the timeouts, even on a busy server
+                for start in range(0, len(operations), WRITE_BATCH):
+                    collection.bulk_write(operations[start:start + WRITE_BATCH], ordered=False)
             except pymongo.errors.BulkWriteError as error:
                 errors = error.details.get("writeErrors") or []
                 if replay and all(e.get("code") == DUPLICATE_KEY for e in errors):
@@ -598,6 +608,15 @@ class Database:
                 return info
         else:
             info["Address"] = f"{self.mongo['MONGO_HOST']}:{self.mongo['MONGO_PORT']}"
+        try:
+            self._count(info)
+        except DatabaseError as error:
+            info.update({"Running": False, "Collections": {}})
+            error.status = info  # what status can still tell: where, and what waits
+            raise
+        return info
+
+    def _count(self, info):
         with self._guard():
             database = self.client()[self.name]
             names = sorted(n for n in database.list_collection_names() if "-emr-" in n)

@@ -31,6 +31,22 @@ MASTER_HOME = "/home/hadoop/"
 MIN_VCPU = 2
 
 COUNT = re.compile(r"^\s*\d+\s*$")
+
+# the tag every cluster `start` creates carries: a fresh UUID, or the caller's idempotency key
+REQUEST_TAG = "cloudmesh:request"
+IDEMPOTENCY_KEY = re.compile(r"^[\w .:/=+\-@]{1,128}$")  # what an EMR tag value may hold
+ACTIVE_CLUSTER = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]
+# how far back (seconds) "created since the call began" reaches: clocks of client and AWS differ
+CLOCK_SKEW = 300
+BACKOFF_BASE = 1.0  # seconds; botocore's standard mode uses the same base and ceiling
+MAX_BACKOFF = 20.0
+# error codes of a throttle or a failure on AWS's side: the call may or may not have acted
+MAYBE_ACTED = {
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
+    "TooManyRequestsException", "RequestLimitExceeded", "RequestThrottled",
+    "InternalError", "InternalFailure", "InternalServerError", "ServiceUnavailable",
+    "ServiceUnavailableException", "RequestTimeout", "RequestTimeoutException",
+}
 STEP_ID = re.compile(r"^s-[A-Za-z0-9]{1,64}$")
 JAVA_CLASS = re.compile(r"^[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*$")
 S3_URI = re.compile(r"s3[an]?://([^/\s]+)/?(\S*)")
@@ -85,6 +101,20 @@ def error_of(error):
     if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 403:
         code = code if code in DENIED else "AccessDenied"
     return code, message
+
+
+def answer_lost(error):
+    """Whether a call that raised ``error`` may have acted all the same: its answer was
+    lost (connection reset or closed, read timeout), AWS throttled it, or failed inside."""
+    import botocore.exceptions as bx
+
+    if isinstance(error, (bx.ConnectionError, bx.HTTPClientError)):
+        return True
+    if isinstance(error, bx.ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        code = str(error.response.get("Error", {}).get("Code") or "")
+        return status >= 500 or code in MAYBE_ACTED
+    return False
 
 
 def utc(value):
@@ -210,12 +240,17 @@ class Provider:
         if self._owns_database and self._database is not None:
             self._database.close()
 
-    def client(self, service, region=None):
+    def client(self, service, region=None, once=False):
         """The botocore client of ``service`` (in ``region`` when given: the Price List API
         answers from us-east-1 only), made once. S3's comes through boto3, whose
         transfer manager uploads; the others straight from botocore, so a command that
-        never transfers a file does not import boto3 and s3transfer."""
+        never transfers a file does not import boto3 and s3transfer.
+
+        ``once``: a client that never re-sends a call (botocore's retries off), for the
+        calls that create (RunJobFlow, AddJobFlowSteps): ``_create`` alone re-sends those,
+        after looking for what a lost call made."""
         key = service if region is None else f"{service}@{region}"
+        key = f"{key} once" if once else key
         if key not in self._clients:
             from botocore.config import Config
 
@@ -226,7 +261,8 @@ class Provider:
             if control is not None:  # a lost daemon.json rebuilt, or a stale one removed
                 self.warnings.extend(control.take_warnings())
             config = Config(
-                retries={"mode": "standard", "max_attempts": 4},
+                retries={"mode": "standard",  # total_max_attempts counts the first try too
+                         "total_max_attempts": 1 if once else self.settings.retry_attempts()},
                 connect_timeout=10,
                 read_timeout=60,
                 s3={"addressing_style": "path"} if self._endpoint else None,
@@ -245,6 +281,33 @@ class Provider:
             self._check_endpoint(client.meta.endpoint_url)
             self._clients[key] = client
         return self._clients[key]
+
+    def _create(self, send, find):
+        """``send()`` a call that creates something, at most once per attempt, never blindly.
+
+        When its answer is lost (a timeout, a reset connection, a throttle or a 5xx: AWS
+        may have acted), ``find(began)`` looks for what the call would have made, and its
+        answer is returned if it exists; otherwise the call is sent again, after a backoff
+        like botocore's standard mode, up to the configured number of attempts.
+        """
+        import random
+        import time
+
+        attempts = self.settings.retry_attempts()
+        began = now()
+        for attempt in range(1, attempts + 1):
+            try:
+                return send()
+            except Exception as error:  # noqa: BLE001  what is not a lost answer goes on up
+                if not answer_lost(error):
+                    raise
+                found = find(began)
+                if found is not None:
+                    return found
+                if attempt == attempts:
+                    raise
+                time.sleep(random.uniform(0, min(MAX_BACKOFF, BACKOFF_BASE * 2 ** (attempt - 1))))
+        raise AssertionError("unreachable")
 
     def _check_endpoint(self, url):
         """Refuse an endpoint with credentials in it from wherever boto3 took it
@@ -533,17 +596,28 @@ class Provider:
                      "auto_terminate", "idle_timeout", "scaling", "loguri", "key", "subnet",
                      "zone", "bootstrap", "tags")
 
-    def start(self, name, config=None, **options):
+    def start(self, name, config=None, idempotency_key=None, **options):
         """Create a Spark cluster with run_job_flow; return the action record.
 
         ``config`` is a document in RunJobFlow's shape (a ``--config`` file); ``name`` and
         ``options`` (START_OPTIONS) go over it, cloudmesh.yaml's defaults fill the rest.
+
+        The cluster is tagged ``cloudmesh:request`` with ``idempotency_key`` (or a fresh
+        UUID). While a cluster with that key is active, a second start with the same key
+        creates nothing and returns an action naming that cluster (with a warning).
         """
         from cloudmesh.emr.api import jobflow
 
         self.warnings = []
         if name is not None:
             check_text("NAME", name)
+        if idempotency_key is not None:
+            check_text("--idempotency-key", idempotency_key)
+            if not IDEMPOTENCY_KEY.match(str(idempotency_key)):
+                raise UsageError(
+                    f"--idempotency-key: '{shorten(idempotency_key)}' must be 1 to 128 letters, "
+                    "digits, spaces or _ . : / = + - @ (it becomes an EMR tag value)"
+                )
         unknown = set(options) - set(self.START_OPTIONS)
         if unknown:
             raise TypeError(f"start() got unknown options {sorted(unknown)}")
@@ -579,10 +653,32 @@ class Provider:
         self._check_instance_types(release, list(dict.fromkeys(wanted)))
 
         name = request["Name"]
-        asked = {**jobflow.summary(request), "RunJobFlow": self._redacted(request)}
-        emr = self.client("emr")
-        answer = self._ask("start", name, f"start cluster {name}",
-                           lambda: emr.run_job_flow(**request), request=asked)
+        token = str(idempotency_key) if idempotency_key is not None else uuid.uuid4().hex
+        request["Tags"] = [tag for tag in request.get("Tags") or []
+                           if tag.get("Key") != REQUEST_TAG] + [{"Key": REQUEST_TAG,
+                                                                 "Value": token}]
+        asked = {**jobflow.summary(request), "RunJobFlow": self._redacted(request),
+                 "Request": token,
+                 **({"IdempotencyKey": token} if idempotency_key is not None else {})}
+        if idempotency_key is not None:
+            existing = self._tagged_cluster(token)
+            if existing is not None:
+                self.warnings.append(
+                    f"cluster {existing['Id']} ({shorten(existing.get('Name'), 60)}, "
+                    f"{existing['Status']['State']}) already carries idempotency key "
+                    f"'{shorten(token, 60)}': nothing started"
+                )
+                return self._action("start", existing["Id"], cluster=existing["Id"],
+                                    request=asked,
+                                    response={"JobFlowId": existing["Id"],
+                                              "ClusterArn": existing.get("ClusterArn"),
+                                              "Existing": True})
+        once = self.client("emr", once=True)
+        answer = self._ask(
+            "start", name, f"start cluster {name}",
+            lambda: self._create(lambda: once.run_job_flow(**request),
+                                 lambda began: self._lost_cluster(token, name, began)),
+            request=asked)
         cluster_id = answer["JobFlowId"]
         return self._action("start", cluster_id, cluster=cluster_id, response=answer,
                             request=asked)
@@ -602,6 +698,37 @@ class Provider:
             if group.get("Configurations"):
                 group["Configurations"] = jobflow.redact_configurations(group["Configurations"])
         return request
+
+    def _tagged(self, summaries, token):
+        """The first cluster of ``summaries`` whose cloudmesh:request tag is ``token``."""
+        emr = self.client("emr")
+        for summary in summaries:
+            cluster = emr.describe_cluster(ClusterId=summary["Id"])["Cluster"]
+            tags = {tag.get("Key"): tag.get("Value") for tag in cluster.get("Tags") or []}
+            if tags.get(REQUEST_TAG) == token:
+                return cluster
+        return None
+
+    def _tagged_cluster(self, token):
+        """The active cluster that carries request ``token``, or None."""
+        with self._aws("look for a cluster with that idempotency key"):
+            summaries = self._pages("list_clusters", "Clusters", "list active clusters",
+                                    ClusterStates=ACTIVE_CLUSTER)
+            return self._tagged(newest_first(utc(summaries)), token)
+
+    def _lost_cluster(self, token, name, began):
+        """What a RunJobFlow whose answer was lost made: an active cluster named ``name``,
+        created since ``began``, carrying ``token``; as RunJobFlow's answer, or None."""
+        import datetime as dt
+
+        since = began - dt.timedelta(seconds=CLOCK_SKEW)
+        summaries = self._pages("list_clusters", "Clusters", "look for the cluster just started",
+                                ClusterStates=ACTIVE_CLUSTER, CreatedAfter=since)
+        cluster = self._tagged([c for c in summaries if c.get("Name") == name], token)
+        if cluster is None:
+            return None
+        return {"JobFlowId": cluster["Id"], "ClusterArn": cluster.get("ClusterArn"),
+                "Recovered": True}
 
     def stop(self, cluster_ids):
         """Terminate each cluster; return one action record per cluster.
@@ -684,7 +811,8 @@ class Provider:
                             response={"ETag": head.get("ETag"),
                                       "ContentLength": head.get("ContentLength")})
 
-    def _add_step(self, action, cluster_id, name, args, on_failure="CONTINUE", jar=COMMAND_RUNNER):
+    def _add_step(self, action, cluster_id, name, args, on_failure="CONTINUE", jar=COMMAND_RUNNER,
+                  idempotency_key=None):
         check_cluster_id(cluster_id)
         cluster = self._describe(cluster_id)
         state = cluster["Status"]["State"]
@@ -695,22 +823,72 @@ class Provider:
             )
         step = {"Name": name, "ActionOnFailure": on_failure,
                 "HadoopJarStep": {"Jar": jar, "Args": args}}
-        emr = self.client("emr")
-        answer = self._ask(action, cluster_id, f"add a step to {cluster_id}",
-                           lambda: emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[step]),
-                           cluster=cluster_id, request=step)
+        asked = dict(step)
+        if idempotency_key is not None:
+            asked["IdempotencyKey"] = check_text("Idempotency-Key", str(idempotency_key))
+            earlier = self._keyed_step(action, cluster_id, asked["IdempotencyKey"])
+            if earlier is not None:
+                self.warnings.append(
+                    f"step {earlier['Target']} was added with idempotency key "
+                    f"'{shorten(asked['IdempotencyKey'], 60)}': nothing added")
+                return earlier
+        once = self.client("emr", once=True)
+        before = self._recent_steps(cluster_id)
+        answer = self._ask(
+            action, cluster_id, f"add a step to {cluster_id}",
+            lambda: self._create(
+                lambda: once.add_job_flow_steps(JobFlowId=cluster_id, Steps=[step]),
+                lambda began: self._lost_step(cluster_id, step, before, began)),
+            cluster=cluster_id, request=asked)
         step_id = answer["StepIds"][0]
-        return self._action(action, step_id, cluster=cluster_id, request=step, response=answer)
+        return self._action(action, step_id, cluster=cluster_id, request=asked, response=answer)
 
-    def copy(self, cluster_id, bucket, key):
+    def _recent_steps(self, cluster_id):
+        """The ids of the cluster's newest steps (ListSteps' first page), before adding one."""
+        with self._aws(f"list the steps of {cluster_id}"):
+            page = self.client("emr").list_steps(ClusterId=cluster_id)
+        return {step["Id"] for step in page.get("Steps", [])}
+
+    def _lost_step(self, cluster_id, step, before, began):
+        """What an AddJobFlowSteps whose answer was lost added: a step not there before,
+        created since ``began``, with the same name, jar and arguments; or None."""
+        import datetime as dt
+
+        since = began - dt.timedelta(seconds=CLOCK_SKEW)
+        page = self.client("emr").list_steps(ClusterId=cluster_id)
+        for found in page.get("Steps", []):
+            config = found.get("Config") or {}
+            if (found["Id"] not in before and found.get("Name") == step["Name"]
+                    and config.get("Jar") == step["HadoopJarStep"]["Jar"]
+                    and list(config.get("Args") or []) == step["HadoopJarStep"]["Args"]
+                    and utc(created(found)) >= since):
+                return {"StepIds": [found["Id"]], "Recovered": True}
+        return None
+
+    def _keyed_step(self, action, cluster_id, key):
+        """The action that added a step to ``cluster_id`` with idempotency ``key``, as the
+        database holds it (steps carry no tags), or None."""
+        try:
+            found = self.database.find(self.cloud, "action", {
+                "Action": action, "ClusterId": cluster_id, "Request.IdempotencyKey": key,
+                "Error": {"$exists": False}, "Response.StepIds": {"$exists": True}})
+        except DatabaseError as error:
+            raise DatabaseError(f"cannot check the idempotency key: {error.message}") from None
+        if not found:
+            return None
+        record = {k: v for k, v in found[0].items() if k not in ("_id", "cm")}
+        return record
+
+    def copy(self, cluster_id, bucket, key, idempotency_key=None):
         """A step that copies s3://bucket/key into /home/hadoop/ on the master node."""
         self.warnings = []
         url = check_bucket(bucket, key)
         return self._add_step("copy", cluster_id, f"copy {url}",
-                              ["aws", "s3", "cp", url, MASTER_HOME])
+                              ["aws", "s3", "cp", url, MASTER_HOME],
+                              idempotency_key=idempotency_key)
 
     def run(self, cluster_id, bucket, key, args=None, main_class=None, name=None,
-            on_failure=None):
+            on_failure=None, idempotency_key=None):
         """A step that runs s3://bucket/key with spark-submit and the given arguments.
 
         A key ending in ``.jar`` is a Spark application jar: ``--class MAIN`` when
@@ -731,9 +909,11 @@ class Provider:
         on_failure = vocabulary.one_word("--on-failure", vocabulary.ON_FAILURE, on_failure,
                                          "continue")
         return self._add_step("run", cluster_id, step_name(name, program),
-                              [*command, url, *args], on_failure=on_failure)
+                              [*command, url, *args], on_failure=on_failure,
+                              idempotency_key=idempotency_key)
 
-    def stream(self, cluster_id, mapper, reducer, inputs, output, name=None, on_failure=None):
+    def stream(self, cluster_id, mapper, reducer, inputs, output, name=None, on_failure=None,
+               idempotency_key=None):
         """A Hadoop streaming step (command-runner.jar hadoop-streaming), as boto's
         StreamingStep made it: the mapper and reducer are shipped with -files."""
         self.warnings = []
@@ -755,7 +935,7 @@ class Provider:
         args += ["-output", output]
         default = f"stream {mapper.rsplit('/', 1)[-1]} {reducer.rsplit('/', 1)[-1]}"
         return self._add_step("stream", cluster_id, step_name(name, default), args,
-                              on_failure=on_failure)
+                              on_failure=on_failure, idempotency_key=idempotency_key)
 
     def cancel(self, cluster_id, step_ids):
         """CancelSteps (SEND_INTERRUPT) for each step; one action record per step.

@@ -248,7 +248,33 @@ def list_steps(cluster_id, state=None):
 START_FIELDS = {"tags": None, "name": None, "config": None}
 
 
+def _valid_text(body, path=""):
+    """A 400 naming the field when a string of the body is not valid Unicode (a lone
+    surrogate, ``"\\udce9"`` in the JSON): it would reach AWS as something else."""
+    from cloudmesh.emr.errors import shorten, undecodable
+
+    if isinstance(body, dict):
+        for key, value in body.items():
+            _valid_text(key, path or "body")
+            _valid_text(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(body, list):
+        for index, value in enumerate(body):
+            _valid_text(value, f"{path}[{index}]")
+    elif isinstance(body, str) and undecodable(body):
+        raise UsageError(f"{path}: '{shorten(body)}' is not valid text (a lone surrogate); "
+                         "send UTF-8 text")
+    return body
+
+
+def _idempotency_key():
+    import flask
+
+    key = flask.request.headers.get("Idempotency-Key")
+    return _valid_text(key, "Idempotency-Key") if key is not None else None
+
+
 def start_cluster(body):
+    _valid_text(body)
     provider = _service().provider()
     options = {key: value for key, value in body.items() if key not in START_FIELDS}
     if body.get("tags"):
@@ -256,7 +282,8 @@ def start_cluster(body):
     for key in ("count", "task_count"):
         if options.get(key) is not None:
             options[key] = str(options[key])
-    action = provider.start(body.get("name"), config=body.get("config"), **options)
+    action = provider.start(body.get("name"), config=body.get("config"),
+                            idempotency_key=_idempotency_key(), **options)
     cluster_id = action["Target"]
     return _answer(provider, {"ClusterId": cluster_id, "Action": action}, 201,
                    {"Location": f"/clusters/{cluster_id}"})
@@ -335,6 +362,7 @@ STEP_FIELDS = {
 
 
 def add_step(cluster_id, body):
+    _valid_text(body)
     provider = _service().provider()
     kind = body["type"]
     needed, optional = STEP_FIELDS[kind]
@@ -348,7 +376,9 @@ def add_step(cluster_id, body):
         takes = [name for name, (need, opt) in STEP_FIELDS.items() if extra[0] in need | opt]
         raise UsageError(f"{extra[0]}: a {kind} step takes no {extra[0]}; "
                          f"{extra[0]} is for type {' or '.join(takes) or 'none'}")
-    options = {"name": body.get("name"), "on_failure": body.get("on_failure")}
+    key = _idempotency_key()
+    options = {"name": body.get("name"), "on_failure": body.get("on_failure"),
+               "idempotency_key": key}
     if kind == "spark":
         action = provider.run(cluster_id, body["bucket"], body["key"], body.get("args") or [],
                               **options)
@@ -362,7 +392,7 @@ def add_step(cluster_id, body):
         action = provider.stream(cluster_id, body["mapper"], body["reducer"], body["input"],
                                  body["output"], **options)
     else:
-        action = provider.copy(cluster_id, body["bucket"], body["key"])
+        action = provider.copy(cluster_id, body["bucket"], body["key"], idempotency_key=key)
     return _answer(provider, {"StepId": action["Target"], "ClusterId": cluster_id,
                               "Action": action}, 201)
 

@@ -106,7 +106,7 @@ class EmrCommand(PluginCommand):
                          [--auto-terminate] [--idle-timeout=DURATION] [--scaling=MIN:MAX]
                          [--loguri=URI] [--key=KEYPAIR] [--subnet=SUBNET] [--zone=ZONE]
                          [--bootstrap=ACTION...] [--tag=KEY=VALUE...] [--config=FILE]
-                         [--wait] [--format=FORMAT] [--cloud=CLOUD]
+                         [--idempotency-key=KEY] [--wait] [--format=FORMAT] [--cloud=CLOUD]
           emr wait CLUSTERID [STEPID...] [--until=STATE] [--delay=SECONDS] [--timeout=DURATION] [--cloud=CLOUD]
           emr modify CLUSTERID [--concurrency=N] [--idle-timeout=DURATION] [--scaling=MIN:MAX] [--cloud=CLOUD]
           emr protect CLUSTERID (on|off) [--cloud=CLOUD]
@@ -189,6 +189,9 @@ class EmrCommand(PluginCommand):
           --timeout=DURATION  give up after this long, such as 20m (2h)
           --concurrency=N  steps that may run at once, 1 to 256
           --since=DURATION  metrics of this last span, such as 1d (3h)
+          --idempotency-key=KEY  start: while a cluster started with KEY is
+                           active, print its id (with a WARNING) and start
+                           nothing; without it, every start is a new request
           --port=PORT      port to listen on (local: any free one; server: 8080)
           --host=HOST      address of the REST service [default: 127.0.0.1]
           --force          stop the emulator even while clusters are active
@@ -381,7 +384,7 @@ class EmrCommand(PluginCommand):
             auto_terminate=a["--auto-terminate"], idle_timeout=a["--idle-timeout"],
             scaling=a["--scaling"], loguri=a["--loguri"], key=a["--key"],
             subnet=a["--subnet"], zone=a["--zone"], bootstrap=a["--bootstrap"],
-            tags=a["--tag"],
+            tags=a["--tag"], idempotency_key=a["--idempotency-key"],
         )
         for line in provider.warnings:
             warn(f"WARNING: {line}")
@@ -633,14 +636,28 @@ class EmrCommand(PluginCommand):
                     else "no journaled records wait")
             say(line if a["--format"] is None else printer.render_one(info, fmt))
             return 0
-        info = database.status()
+        from cloudmesh.emr.errors import DatabaseError
+
+        try:
+            info = database.status()
+        except DatabaseError as error:  # unreachable: still say where, and what waits
+            if getattr(error, "status", None) is None:
+                raise
+            self._show_status(dict(error.status), fmt)
+            raise
+        self._show_status(info, fmt)
+        return 0
+
+    @staticmethod
+    def _show_status(info, fmt):
+        from cloudmesh.emr import printer
+
         collections = info.pop("Collections", {})
         pairs = list(info.items()) + [(name, count) for name, count in collections.items()]
         if fmt in ("json", "yaml", "dict"):
             say(printer.render_one({**info, "Collections": collections}, fmt))
         else:
             say(printer.render_one(info, fmt, pairs))
-        return 0
 
     def _local(self, a, fmt):
         from cloudmesh.emr.local import control
