@@ -1041,7 +1041,7 @@ emr list instances CLUSTERID [--status=STATUS...] [--type=TYPE...] [--format=FOR
 emr list steps CLUSTERID [--state=STATE...] [--format=FORMAT] [--cloud=CLOUD]
 emr list groups CLUSTERID [--format=FORMAT] [--cloud=CLOUD]
 emr describe CLUSTERID [--format=FORMAT] [--cloud=CLOUD]
-emr start NAME [--master=MASTER] [--node=NODE] [--count=COUNT] [--release=LABEL] [--task=TYPE] [--task-count=N] [--spot] [--bid=PRICE] [--auto-terminate] [--idle-timeout=DURATION] [--scaling=MIN:MAX] [--loguri=URI] [--key=KEYPAIR] [--subnet=SUBNET] [--zone=ZONE] [--bootstrap=ACTION...] [--tag=KEY=VALUE...] [--config=FILE] [--wait] [--format=FORMAT] [--cloud=CLOUD]
+emr start NAME [--master=MASTER] [--node=NODE] [--count=COUNT] [--release=LABEL] [--task=TYPE] [--task-count=N] [--spot] [--bid=PRICE] [--auto-terminate] [--idle-timeout=DURATION] [--scaling=MIN:MAX] [--loguri=URI] [--key=KEYPAIR] [--subnet=SUBNET] [--zone=ZONE] [--bootstrap=ACTION...] [--tag=KEY=VALUE...] [--config=FILE] [--idempotency-key=KEY] [--wait] [--format=FORMAT] [--cloud=CLOUD]
 emr wait CLUSTERID [--until=STATE] [--delay=SECONDS] [--timeout=DURATION] [--cloud=CLOUD]
 emr modify CLUSTERID [--concurrency=N] [--idle-timeout=DURATION] [--scaling=MIN:MAX] [--cloud=CLOUD]
 emr protect CLUSTERID (on|off) [--cloud=CLOUD]
