@@ -92,23 +92,42 @@ class Service:
 
     def shared(self, key, make):
         """The answer ``make()`` gives, shared by the requests that ask for the same
-        ``key`` within ``answer_ttl`` seconds: concurrent ones wait for the one that
-        asks AWS rather than each asking it again. Only a complete answer is shared (an
-        error, or records the database could not take, are not), and a change made
-        through the service drops them all (``changed``)."""
+        ``key`` within ``answer_ttl`` seconds: one request asks AWS, the others take
+        its answer (the first ones wait for it; once there is one, the requests that
+        come while it is renewed take the one it replaces). Only a complete answer is
+        shared (an error, or records the database could not take, are not), and a
+        change made through the service drops them all (``changed``)."""
         if self.answer_ttl <= 0:
             return make()
         with self._answers_lock:
             lock = self._answer_locks.setdefault(key, threading.Lock())
-        with lock:
-            kept = self._answers.get(key)
-            if kept and kept[2] == self._epoch and time.monotonic() - kept[0] < self.answer_ttl:
+        kept = self._usable(key)
+        if kept and kept[0]:
+            return kept[1]
+        if kept and not lock.acquire(blocking=False):
+            return kept[1]  # another request is renewing it: take the one it replaces
+        if not kept:
+            lock.acquire()
+        try:
+            kept = self._usable(key)
+            if kept and kept[0]:  # renewed while this one waited
                 return kept[1]
             epoch = self._epoch
             answer = make()
             if epoch == self._epoch:  # nothing changed while it was made
                 self._answers[key] = (time.monotonic(), answer, epoch)
             return answer
+        finally:
+            lock.release()
+
+    def _usable(self, key):
+        """(fresh, answer) of what is shared for ``key``: fresh within answer_ttl; an
+        older one only while a request renews it. None when nothing is, or a change
+        made through the service came after it."""
+        kept = self._answers.get(key)
+        if not kept or kept[2] != self._epoch:
+            return None
+        return time.monotonic() - kept[0] < self.answer_ttl, kept[1]
 
     def changed(self):
         """Something may have changed through the service: what was shared is dropped."""
