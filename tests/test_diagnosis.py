@@ -287,3 +287,19 @@ def test_run_and_stream_options_reach_the_step_and_bad_ones_are_exit_2(emr, cm, 
         result = cms(*args)
         assert result.code == 2 and one_error_line(result.err) and word in result.err, (args, result)
     assert len(emr.list_steps(ClusterId=cluster_id)["Steps"]) == before
+
+
+@pytest.mark.parametrize("line, kind", [
+    ("cluster state: TERMINATED_WITH_ERRORS STEP_FAILURE: Shut down as step failed",
+     "cluster-error"),
+    ("cluster state: TERMINATED_WITH_ERRORS BOOTSTRAP_FAILURE: On the master instance "
+     "(i-0123456789abcdef0), bootstrap action 1 returned a non-zero return code",
+     "bootstrap-failure"),
+    ("step state: CANCELLED Cancelled by user request", "cancelled"),
+])
+def test_states_alone_are_diagnosed_by_the_table(line, kind):
+    from cloudmesh.emr.api import diagnosis
+
+    found = diagnosis.diagnose([diagnosis.Log("status", "state", line)])
+    assert found["Class"] == kind
+    assert "{" not in found["Hint"]
