@@ -133,6 +133,10 @@ COLUMNS = {
         ("Action", "Action"), ("Target", "Target"), ("Cluster", "ClusterId"),
         ("Result", action_result), ("Time", "Time"),
     ],
+    "reap": [
+        ("Cluster", "Id"), ("Name", "Name"), ("State", "State"), ("Decision", "Decision"),
+        ("Reasons", lambda r: "; ".join(r.get("Reasons") or [])),
+    ],
     "group": [
         ("Id", "Id"), ("Type", lambda g: role(g)), ("Market", lambda g: group_market(g)),
         ("Instance type", lambda g: group_types(g)), ("Requested", lambda g: group_count(g, "Requested")),

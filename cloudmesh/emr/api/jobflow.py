@@ -11,6 +11,7 @@ read exactly as AWS would read it and an error names the path of the bad value.
 """
 
 import copy
+import datetime
 import re
 
 from cloudmesh.emr import durations
@@ -30,7 +31,14 @@ REQUEST_DEFAULTS = {
     "VisibleToAllUsers": True,
 }
 # tags EMR or this tool set on a cluster, not the user: a recreated cluster does not copy them
-FOREIGN_TAG = re.compile(r"^(aws:|cloudmesh:request)")
+FOREIGN_TAG = re.compile(r"^(aws:|cloudmesh:request|cloudmesh:expires)")
+# the tags of `start --ttl` and `--max-cost`, which `cms emr reap` reads
+EXPIRES_TAG, MAX_COST_TAG = "cloudmesh:expires", "cloudmesh:max-cost"
+DOLLARS = re.compile(r"^\s*\$?\s*(\d+(\.\d+)?|\.\d+)\s*$")
+# a new cluster ends after an hour idle unless --idle-timeout or the settings say otherwise
+DEFAULT_IDLE_TIMEOUT = "1h"
+# the first releases of each line that have auto-termination (an idle timeout)
+AUTO_TERMINATION_SINCE = {5: (5, 30, 0), 6: (6, 1, 0)}
 TAG = re.compile(r"^([^=]+)=(.*)$", re.DOTALL)
 BID = re.compile(r"^\s*(\d+(\.\d+)?|\.\d+)\s*$")
 SCALING = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
@@ -248,9 +256,11 @@ def build(name, settings, config=None, **options):
     if given.get("bootstrap"):
         request["BootstrapActions"] = list(request.get("BootstrapActions") or []) + \
             bootstrap_actions(given["bootstrap"])
-    if given.get("tags"):
+    limits = limit_tags(given.get("ttl"), given.get("max_cost"))
+    if given.get("tags") or limits:
         merged = {t.get("Key"): t for t in request.get("Tags") or [] if isinstance(t, dict)}
-        merged.update({t["Key"]: t for t in tags(given["tags"])})
+        merged.update({t["Key"]: t for t in tags(given.get("tags") or [])})
+        merged.update({t["Key"]: t for t in limits})
         request["Tags"] = list(merged.values())
     for key, value in REQUEST_DEFAULTS.items():
         request.setdefault(key, value)
@@ -262,9 +272,41 @@ def default_idle_timeout(settings):
     """The idle timeout a new cluster gets when neither --idle-timeout nor the config says:
     cloudmesh.emr.default.idle-timeout, else none. (The place for a built-in default.)"""
     value = settings.get("emr", "default", "idle-timeout")
-    if value is None or str(value).strip().lower() in OFF:
+    if value is None:
+        return DEFAULT_IDLE_TIMEOUT
+    if str(value).strip().lower() in OFF:
         return None
     return value
+
+
+def limit_tags(ttl=None, max_cost=None, now=None):
+    """The tags of --ttl (the absolute UTC time the cluster expires) and --max-cost."""
+    found = []
+    if ttl is not None:
+        seconds = durations.seconds(ttl, "--ttl", minimum=60)
+        expires = (now or durations.utcnow()) + datetime.timedelta(seconds=seconds)
+        found.append({"Key": EXPIRES_TAG,
+                      "Value": expires.replace(microsecond=0).isoformat().replace("+00:00", "Z")})
+    if max_cost is not None:
+        match = DOLLARS.match(str(max_cost))
+        if not match or float(match.group(1)) <= 0:
+            raise UsageError(f"--max-cost: '{durations.shown(max_cost)}' is not an amount of "
+                             "US dollars like 25 or 7.50")
+        found.append({"Key": MAX_COST_TAG, "Value": match.group(1)})
+    return found
+
+
+def auto_termination(release):
+    """Whether ``release`` (emr-X.Y.Z) supports an idle timeout: emr-5.30.0, emr-6.1.0 and
+    later (and every emr-7); None when the label cannot be read."""
+    match = re.match(r"^emr-(\d+)\.(\d+)\.(\d+)", str(release))
+    if not match:
+        return None
+    version = tuple(int(part) for part in match.groups())
+    first = AUTO_TERMINATION_SINCE.get(version[0])
+    if first is None:
+        return version[0] > max(AUTO_TERMINATION_SINCE)
+    return version >= first
 
 
 def _groups(instances, settings, given):

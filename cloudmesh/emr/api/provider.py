@@ -594,7 +594,7 @@ class Provider:
     # the options of start besides NAME, as keyword arguments (see jobflow.build)
     START_OPTIONS = ("master", "node", "count", "release", "task", "task_count", "spot", "bid",
                      "auto_terminate", "idle_timeout", "scaling", "loguri", "key", "subnet",
-                     "zone", "bootstrap", "tags")
+                     "zone", "bootstrap", "tags", "ttl", "max_cost", "no_check")
 
     def start(self, name, config=None, idempotency_key=None, **options):
         """Create a Spark cluster with run_job_flow; return the action record.
@@ -650,7 +650,13 @@ class Provider:
             self.warnings.append(
                 "--count=1: the cluster has no core nodes; Spark runs on the master alone"
             )
-        self._check_instance_types(release, list(dict.fromkeys(wanted)))
+        if request.get("AutoTerminationPolicy") and jobflow.auto_termination(release) is False:
+            request.pop("AutoTerminationPolicy")
+            self.warnings.append(f"{release} has no auto-termination (emr-5.30.0, emr-6.1.0 "
+                                 "and later have it): the cluster has no idle timeout; end "
+                                 "it with 'cms emr stop', or use --ttl and 'cms emr reap'")
+        if not options.get("no_check"):
+            self._check_instance_types(release, list(dict.fromkeys(wanted)))
 
         name = request["Name"]
         token = str(idempotency_key) if idempotency_key is not None else uuid.uuid4().hex
@@ -1658,6 +1664,114 @@ class Provider:
                                      f"{', '.join(estimate['Unpriced'])} in {self.region}; "
                                      "those instances are not counted")
         return cost.total(estimates, now())
+
+    # ---- reap --------------------------------------------------------------------------
+
+    def reap(self, dry_run=False, idle=None):
+        """End every active cluster past its ``cloudmesh:expires`` tag, past its
+        ``cloudmesh:max-cost`` by the cost estimate, or (with ``idle``, a duration) idle that
+        long; never a termination-protected one. One record per active cluster: its
+        Decision (reap, keep, protected, failed, or would-reap with ``dry_run``) and Reasons.
+        Each reaping is recorded as a ``reap`` action with its reasons."""
+        from cloudmesh.emr import durations
+        from cloudmesh.emr.api import jobflow
+
+        self.warnings = []
+        idle_seconds = durations.seconds(idle, "--idle", minimum=60) if idle is not None else None
+        clusters = [self._describe(c["Id"]) for c in self.list_clusters(status=["active"])]
+        self.warnings = []
+        moment = now()
+        results = []
+        for cluster in clusters:
+            cluster_id = cluster["Id"]
+            tags = {t["Key"]: t.get("Value") for t in cluster.get("Tags") or []}
+            reasons = []
+            expires = tags.get(jobflow.EXPIRES_TAG)
+            if expires:
+                try:
+                    at = durations.moment(expires, jobflow.EXPIRES_TAG)
+                except UsageError:
+                    self.warnings.append(f"{cluster_id}: tag {jobflow.EXPIRES_TAG} "
+                                         f"'{shown(expires)}' is not a time; ignored")
+                else:
+                    if moment >= at:
+                        reasons.append(f"expired at {at.isoformat().replace('+00:00', 'Z')}")
+            limit = tags.get(jobflow.MAX_COST_TAG)
+            if limit:
+                try:
+                    most = float(limit)
+                except ValueError:
+                    self.warnings.append(f"{cluster_id}: tag {jobflow.MAX_COST_TAG} "
+                                         f"'{shown(limit)}' is not an amount; ignored")
+                else:
+                    said = self.warnings
+                    spent = self.cost([cluster_id])["DollarsSoFar"]
+                    self.warnings = said + [w for w in self.warnings if w not in said]
+                    if spent >= most:
+                        reasons.append(f"cost ${spent:.2f} reached max-cost ${most:.2f}")
+            if idle_seconds is not None:
+                since = self._idle_since(cluster, idle_seconds, moment)
+                if since is not None:
+                    reasons.append(f"idle since {since.isoformat().replace('+00:00', 'Z')}")
+            record = {"Id": cluster_id, "ClusterId": cluster_id, "Name": cluster.get("Name"),
+                      "State": cluster["Status"]["State"], "Reasons": reasons, "Time": moment}
+            if cluster.get("TerminationProtected"):
+                record["Decision"] = "protected"
+            elif not reasons:
+                record["Decision"] = "keep"
+            elif dry_run:
+                record["Decision"] = "would-reap"
+            else:
+                record["Decision"] = self._reap_one(cluster_id, reasons)
+            results.append(record)
+        return results
+
+    def _reap_one(self, cluster_id, reasons):
+        emr = self.client("emr")
+        request = {"JobFlowIds": [cluster_id], "Reasons": reasons}
+        try:
+            answer = self._ask("reap", cluster_id, f"terminate cluster {cluster_id}",
+                               lambda: emr.terminate_job_flows(JobFlowIds=[cluster_id]),
+                               cluster=cluster_id, request=request)
+        except EmrError as error:
+            self.warnings.append(f"{cluster_id}: {error.message}")
+            return "failed"
+        self._action("reap", cluster_id, cluster=cluster_id, request=request, response=answer)
+        return "reap"
+
+    def _idle_since(self, cluster, idle_seconds, moment):
+        """When the cluster became idle, if it has been idle ``idle_seconds`` by ``moment``:
+        CloudWatch's IsIdle (1 in every period of the span), else no step running or
+        pending since the last one ended (or since it was ready)."""
+        cluster_id = cluster["Id"]
+        span_start = moment - datetime.timedelta(seconds=idle_seconds)
+        try:
+            cloudwatch = self.client("cloudwatch")
+            with self._aws(f"read IsIdle of {cluster_id}"):
+                points = cloudwatch.get_metric_statistics(
+                    Namespace=METRICS_NAMESPACE, MetricName="IsIdle",
+                    Dimensions=[{"Name": "JobFlowId", "Value": cluster_id}],
+                    StartTime=span_start, EndTime=moment, Period=METRICS_PERIOD,
+                    Statistics=["Minimum"]).get("Datapoints", [])
+        except EmrError:
+            points = []
+        if points:
+            points = sorted(points, key=lambda p: p["Timestamp"])
+            covered = utc(points[0]["Timestamp"]) <= span_start + datetime.timedelta(
+                seconds=METRICS_PERIOD)
+            if covered and all(p["Minimum"] >= 1 for p in points):
+                return span_start
+            if not all(p["Minimum"] >= 1 for p in points):
+                return None
+        steps = self.list_steps(cluster_id)
+        if any(step["Status"]["State"] in ("PENDING", "RUNNING", "CANCEL_PENDING")
+               for step in steps):
+            return None
+        timeline = cluster["Status"].get("Timeline", {})
+        ends = [utc(step["Status"].get("Timeline", {}).get("EndDateTime")) for step in steps]
+        since = max([t for t in ends if t] + [utc(timeline.get("ReadyDateTime")) or
+                                              utc(timeline.get("CreationDateTime"))])
+        return since if (moment - since).total_seconds() >= idle_seconds else None
 
     def _cached_prices(self, ids):
         """Prices read from the Price List API within the last day: id -> record."""

@@ -371,6 +371,11 @@ def cost(status=None):
     return _answer(provider, {**report, "Warnings": list(provider.warnings)})
 
 
+def reap(dry_run=False, idle=None):
+    provider = _service().provider()
+    return _answer(provider, provider.reap(dry_run=bool(dry_run), idle=idle))
+
+
 # the fields each type of step takes, besides its type
 STEP_FIELDS = {
     "spark": ({"bucket", "key"}, {"args", "name", "on_failure"}),

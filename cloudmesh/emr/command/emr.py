@@ -19,7 +19,7 @@ except ImportError:  # standalone: our own `cms` runs it
 BIG_FILE = 8 * 1024 * 1024  # show upload progress above this size, on a terminal
 # the verbs that work on a cloud; each runs as EmrCommand._<verb>(arguments, provider, format)
 VERBS = ("list", "describe", "start", "stop", "upload", "copy", "run", "stream", "cancel", "logs",
-         "diagnose", "wait", "modify", "protect", "add", "resize", "metrics", "cost")
+         "diagnose", "wait", "modify", "protect", "add", "resize", "metrics", "cost", "reap")
 
 
 def say(line=""):
@@ -106,6 +106,7 @@ class EmrCommand(PluginCommand):
                          [--auto-terminate] [--idle-timeout=DURATION] [--scaling=MIN:MAX]
                          [--loguri=URI] [--key=KEYPAIR] [--subnet=SUBNET] [--zone=ZONE]
                          [--bootstrap=ACTION...] [--tag=KEY=VALUE...] [--config=FILE]
+                         [--ttl=DURATION] [--max-cost=DOLLARS] [--no-check]
                          [--idempotency-key=KEY] [--wait] [--format=FORMAT] [--cloud=CLOUD]
           emr wait CLUSTERID [STEPID...] [--until=STATE] [--delay=SECONDS] [--timeout=DURATION] [--cloud=CLOUD]
           emr modify CLUSTERID [--concurrency=N] [--idle-timeout=DURATION] [--scaling=MIN:MAX] [--cloud=CLOUD]
@@ -114,6 +115,7 @@ class EmrCommand(PluginCommand):
           emr resize CLUSTERID GROUPID COUNT [--cloud=CLOUD]
           emr metrics CLUSTERID [--since=DURATION] [--format=FORMAT] [--cloud=CLOUD]
           emr cost [CLUSTERID...] [--status=STATUS...] [--format=FORMAT] [--cloud=CLOUD]
+          emr reap [--dry-run] [--idle=DURATION] [--format=FORMAT] [--cloud=CLOUD]
           emr stop CLUSTERID... [--format=FORMAT] [--cloud=CLOUD]
           emr upload FILE BUCKET BUCKETNAME [--cloud=CLOUD]
           emr copy CLUSTERID BUCKET BUCKETNAME [--cloud=CLOUD]
@@ -171,7 +173,15 @@ class EmrCommand(PluginCommand):
           --auto-terminate  end the cluster after its last step (the config
                            must have Steps)
           --idle-timeout=DURATION  end the cluster after it has been idle this
-                           long, 60s to 7d (modify: off removes it)
+                           long, 60s to 7d; start: 1h unless given or set in
+                           cloudmesh.yaml, off for none (modify: off removes it)
+          --ttl=DURATION   tag the cluster to expire after this long
+                           (cloudmesh:expires); 'cms emr reap' ends it then
+          --max-cost=DOLLARS  tag the cluster with a spending limit in USD
+                           (cloudmesh:max-cost); 'cms emr reap' ends it past it
+          --no-check       start without checking the instance types first
+          --dry-run        reap: say what would be ended and why; end nothing
+          --idle=DURATION  reap: also end clusters idle this long
           --scaling=MIN:MAX  managed scaling between MIN and MAX instances
                            (modify: off removes it)
           --loguri=URI     s3:// folder where EMR writes the cluster's logs
@@ -385,6 +395,7 @@ class EmrCommand(PluginCommand):
             scaling=a["--scaling"], loguri=a["--loguri"], key=a["--key"],
             subnet=a["--subnet"], zone=a["--zone"], bootstrap=a["--bootstrap"],
             tags=a["--tag"], idempotency_key=a["--idempotency-key"],
+            ttl=a["--ttl"], max_cost=a["--max-cost"], no_check=a["--no-check"],
         )
         for line in provider.warnings:
             warn(f"WARNING: {line}")
@@ -470,6 +481,13 @@ class EmrCommand(PluginCommand):
         report = provider.cost(a["CLUSTERID"] or None, status=status)
         say(printer.render_cost(report, fmt))
         return 0
+
+    def _reap(self, a, provider, fmt):
+        from cloudmesh.emr import printer
+
+        records = provider.reap(dry_run=a["--dry-run"], idle=a["--idle"])
+        say(printer.render(records, "reap", fmt))
+        return 1 if any(r["Decision"] == "failed" for r in records) else 0
 
     def _stop(self, a, provider, fmt):
         from cloudmesh.emr import printer

@@ -1,0 +1,171 @@
+"""`cms emr reap` (and the limits `start` puts on a cluster), in this process against moto.
+
+What reap did is read back with boto3 (cluster states) and pymongo (its actions).
+"""
+
+import datetime
+import json
+
+import pytest
+
+from emr_helpers import lean_moto  # noqa: F401  (autouse)
+
+UTC = datetime.timezone.utc
+
+
+@pytest.fixture
+def emr(aws):
+    import boto3
+
+    return boto3.client("emr", region_name="us-east-1")
+
+
+def cluster(emr, name, tags=(), protected=False):
+    cluster_id = emr.run_job_flow(
+        Name=name, ReleaseLabel="emr-7.1.0",
+        Instances={"InstanceGroups": [{"InstanceRole": "MASTER", "InstanceType": "m5.xlarge",
+                                       "InstanceCount": 1}],
+                   "KeepJobFlowAliveWhenNoSteps": True, "TerminationProtected": protected},
+        Tags=[{"Key": k, "Value": v} for k, v in tags],
+        JobFlowRole="EMR_EC2_DefaultRole", ServiceRole="EMR_DefaultRole")["JobFlowId"]
+    return cluster_id
+
+
+def is_idle(cluster_id, value, hours=2):
+    """IsIdle data points every 5 minutes over the last ``hours``, as EMR publishes them."""
+    import boto3
+
+    cloudwatch = boto3.client("cloudwatch", region_name="us-east-1")
+    now = datetime.datetime.now(UTC)
+    points = [{"MetricName": "IsIdle", "Value": value, "Timestamp": now - datetime.timedelta(
+        minutes=5 * i), "Dimensions": [{"Name": "JobFlowId", "Value": cluster_id}]}
+        for i in range(hours * 12)]
+    for start in range(0, len(points), 20):
+        cloudwatch.put_metric_data(Namespace="AWS/ElasticMapReduce",
+                                   MetricData=points[start:start + 20])
+
+
+@pytest.fixture
+def five(emr):
+    past = (datetime.datetime.now(UTC) - datetime.timedelta(minutes=5)).isoformat()
+    later = (datetime.datetime.now(UTC) + datetime.timedelta(days=1)).isoformat()
+    clusters = {
+        "expired": cluster(emr, "expired", [("cloudmesh:expires", past)]),
+        "costly": cluster(emr, "costly", [("cloudmesh:max-cost", "0.001")]),
+        "idle": cluster(emr, "idle"),
+        "protected": cluster(emr, "protected", [("cloudmesh:expires", past)], protected=True),
+        "healthy": cluster(emr, "healthy", [("cloudmesh:expires", later),
+                                            ("cloudmesh:max-cost", "1000")]),
+    }
+    is_idle(clusters["idle"], 1.0)
+    for name in ("expired", "costly", "protected", "healthy"):
+        is_idle(clusters[name], 0.0)
+    return clusters
+
+
+def state(emr, cluster_id):
+    return emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"]
+
+
+def test_reap_dry_run_names_the_three_and_stops_nothing(cms, emr, cm, five):
+    result = cms("reap", "--dry-run", "--idle=1h", "--format=json")
+    assert result.code == 0, result.err
+    records = {r["Name"]: r for r in json.loads(result.out)}
+    would = {name for name, r in records.items() if r["Decision"] == "would-reap"}
+    assert would == {"expired", "costly", "idle"}
+    assert "expired at" in records["expired"]["Reasons"][0]
+    assert "max-cost" in records["costly"]["Reasons"][0]
+    assert "idle since" in records["idle"]["Reasons"][0]
+    assert records["protected"]["Decision"] == "protected"
+    assert records["healthy"] == {**records["healthy"], "Decision": "keep", "Reasons": []}
+    assert all(state(emr, cid) == "WAITING" for cid in five.values())
+    assert not [d for d in cm.docs("aws", "action") if d["Action"] == "reap"]
+    table = cms("reap", "--dry-run", "--idle=1h")
+    assert table.code == 0
+    assert len([line for line in table.out.splitlines() if line.startswith("j-")]) == 5
+
+
+def test_reap_ends_the_three_and_records_why(cms, emr, cm, five):
+    result = cms("reap", "--idle=1h")
+    assert result.code == 0, result.err
+    for name in ("expired", "costly", "idle"):
+        assert state(emr, five[name]) in ("TERMINATING", "TERMINATED"), name
+    for name in ("protected", "healthy"):
+        assert state(emr, five[name]) == "WAITING", name
+    reaped = {d["Target"]: d for d in cm.docs("aws", "action") if d["Action"] == "reap"}
+    assert set(reaped) == {five["expired"], five["costly"], five["idle"]}
+    assert reaped[five["costly"]]["Request"]["Reasons"][0].startswith("cost $")
+
+
+def test_without_idle_an_idle_cluster_stays(cms, emr, five):
+    result = cms("reap", "--dry-run", "--format=json")
+    assert result.code == 0, result.err
+    would = {r["Name"] for r in json.loads(result.out) if r["Decision"] == "would-reap"}
+    assert would == {"expired", "costly"}
+
+
+def test_start_tags_the_limits_and_an_hour_idle_timeout(cms, emr, cm):
+    result = cms("start", "limited", "--ttl=2h", "--max-cost=7.50")
+    assert result.code == 0, result.err
+    cluster_id = result.out.strip().split()[0]
+    described = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
+    tags = {t["Key"]: t["Value"] for t in described["Tags"]}
+    expires = datetime.datetime.fromisoformat(tags["cloudmesh:expires"].replace("Z", "+00:00"))
+    left = expires - datetime.datetime.now(UTC)
+    assert datetime.timedelta(minutes=118) < left <= datetime.timedelta(hours=2)
+    assert tags["cloudmesh:max-cost"] == "7.50"
+    [action] = [d for d in cm.docs("aws", "action") if d["Action"] == "start"]
+    assert action["Request"]["RunJobFlow"]["AutoTerminationPolicy"] == {"IdleTimeout": 3600}
+
+
+def test_idle_timeout_off_and_old_releases(cms, emr, cm):
+    assert cms("start", "forever", "--idle-timeout=off").code == 0
+    old = cms("start", "old", "--release=emr-5.29.0")
+    assert old.code == 0, old.err
+    assert "WARNING" in old.err and "auto-termination" in old.err
+    requests = {d["Target"]: d["Request"]["RunJobFlow"] for d in cm.docs("aws", "action")
+                if d["Action"] == "start"}
+    assert all("AutoTerminationPolicy" not in r for r in requests.values())
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--ttl=soon"], ["--ttl", "soon"]),
+    (["--max-cost=lots"], ["--max-cost", "lots"]),
+    (["--max-cost=0"], ["--max-cost"]),
+])
+def test_bad_limits_are_refused(cms, emr, args, words):
+    result = cms("start", "bad", *args)
+    assert result.code == 2
+    assert result.err.startswith("ERROR: ") and len(result.err.splitlines()) == 1
+    for word in words:
+        assert word in result.err
+    assert emr.list_clusters()["Clusters"] == []
+
+
+@pytest.fixture
+def client(emr):
+    from cloudmesh.emr.api.server import create_app
+
+    with create_app().test_client(base_url="http://127.0.0.1:8080") as test_client:
+        yield test_client
+
+
+def test_rest_reap_and_cost(client, emr, cm, five):
+    dry = client.post("/reap", params={"dry_run": "true", "idle": "1h"})
+    assert dry.status_code == 200, dry.text
+    assert {r["Name"] for r in dry.json() if r["Decision"] == "would-reap"} == {
+        "expired", "costly", "idle"}
+    assert state(emr, five["expired"]) == "WAITING"
+    one = client.get(f"/clusters/{five['healthy']}/cost")
+    assert one.status_code == 200, one.text
+    body = one.json()
+    assert [c["Id"] for c in body["Clusters"]] == [five["healthy"]]
+    assert body["DollarsPerHour"] == pytest.approx(0.192 + 0.048)
+    assert any("Price List API" in w for w in body["Warnings"])  # moto has none: the table
+    every = client.get("/cost")
+    assert every.status_code == 200
+    assert {c["Id"] for c in every.json()["Clusters"]} == set(five.values())
+    done = client.post("/reap", params={"idle": "1h"})
+    assert done.status_code == 200
+    assert state(emr, five["expired"]) in ("TERMINATING", "TERMINATED")
+    assert state(emr, five["healthy"]) == "WAITING"
