@@ -169,3 +169,110 @@ def test_rest_reap_and_cost(client, emr, cm, five):
     assert done.status_code == 200
     assert state(emr, five["expired"]) in ("TERMINATING", "TERMINATED")
     assert state(emr, five["healthy"]) == "WAITING"
+
+
+# ---- doctor, against the emulator (which starts without EMR's default roles) ---------------
+
+@pytest.fixture
+def local(cm, emulator):
+    cm.write(clouds=emulator.profile(), emr={"default": {"cloud": "local"}})
+    return emulator
+
+
+def checks(result):
+    return {r["Check"]: r for r in json.loads(result.out)}
+
+
+@pytest.fixture
+def fixed(cms, local):
+    """The default roles made by `doctor --fix`, and a log bucket in the cluster's region."""
+    iam = local.client("iam")
+    names = {r["RoleName"] for r in iam.list_roles()["Roles"]}
+    before = cms("doctor", "--format=json")
+    if "EMR_DefaultRole" not in names:  # a new account: doctor finds the roles missing
+        assert before.code == 1
+        assert checks(before)["service role"]["Status"] == "FAIL"
+        assert checks(before)["instance profile"]["Status"] == "FAIL"
+    result = cms("doctor", "--fix", "--format=json")
+    assert result.code == 0, (result.out, result.err)
+    local.client("s3").create_bucket(Bucket="doctor-logs")
+    return local
+
+
+def test_doctor_fix_makes_the_default_roles_as_the_aws_cli_does(fixed):
+    iam = fixed.client("iam")
+    for name, service, policy in (
+            ("EMR_DefaultRole", "elasticmapreduce.amazonaws.com", "AmazonElasticMapReduceRole"),
+            ("EMR_EC2_DefaultRole", "ec2.amazonaws.com", "AmazonElasticMapReduceforEC2Role")):
+        role = iam.get_role(RoleName=name)["Role"]
+        [statement] = role["AssumeRolePolicyDocument"]["Statement"]
+        assert statement["Principal"]["Service"] == service
+        assert statement["Action"] == "sts:AssumeRole"
+        attached = iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]
+        assert [p["PolicyArn"] for p in attached] == [
+            f"arn:aws:iam::aws:policy/service-role/{policy}"]
+    profile = iam.get_instance_profile(InstanceProfileName="EMR_EC2_DefaultRole")
+    assert [r["RoleName"] for r in profile["InstanceProfile"]["Roles"]] == ["EMR_EC2_DefaultRole"]
+
+
+def test_doctor_all_well(cms, fixed):
+    result = cms("doctor", "--loguri=s3://doctor-logs/logs/", "--format=json")
+    assert result.code == 0, result.out
+    found = checks(result)
+    assert found["credentials"]["Detail"].startswith("account ")
+    assert fixed.credentials.secret_access_key not in result.out
+    assert {r["Status"] for name, r in found.items() if name != "vCPU quota"} == {"OK"}
+
+
+@pytest.mark.parametrize("args, failing", [
+    (["--release=emr-0.1.0"], "release"),
+    (["--node=m1.medium"], "instance types"),
+    (["--key=no-such-key"], "key pair"),
+    (["--subnet=subnet-0123456789abcdef0"], "subnet"),
+    (["--loguri=s3://doctor-elsewhere/logs/"], "log bucket"),
+])
+def test_doctor_each_check_fails_on_its_own(cms, fixed, args, failing):
+    import boto3
+
+    s3 = boto3.session.Session().client(
+        "s3", endpoint_url=fixed.endpoint, region_name="eu-west-1", **fixed.credentials.boto())
+    try:
+        s3.create_bucket(Bucket="doctor-elsewhere",
+                         CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    base = [] if failing == "log bucket" else ["--loguri=s3://doctor-logs/logs/"]
+    result = cms("doctor", *base, *args, "--format=json")
+    assert result.code == 1, result.out
+    failed = {name for name, r in checks(result).items() if r["Status"] == "FAIL"}
+    if failing == "release":  # an unknown release has no supported types either
+        assert failed == {"release", "instance types"}
+    else:
+        assert failed == {failing}
+    table = cms("doctor", *base, *args)
+    assert table.code == 1
+    assert any(line.startswith("FAIL") for line in table.out.splitlines())
+
+
+def test_doctor_finds_a_role_the_config_names_missing(cms, fixed, tmp_path):
+    config = tmp_path / "cluster.json"
+    config.write_text(json.dumps({"Name": "c", "ServiceRole": "Our_EMR_Role",
+                                  "JobFlowRole": "EMR_EC2_DefaultRole"}))
+    result = cms("doctor", f"--config={config}", "--loguri=s3://doctor-logs/logs/",
+                 "--format=json")
+    assert result.code == 1
+    found = checks(result)
+    assert found["service role"]["Status"] == "FAIL"
+    assert "Our_EMR_Role" in found["service role"]["Detail"]
+    assert found["instance profile"]["Status"] == "OK"
+
+
+def test_rest_doctor(emr, cm):
+    from cloudmesh.emr.api.server import create_app
+
+    with create_app().test_client(base_url="http://127.0.0.1:8080") as client:
+        answer = client.get("/doctor", params={"key": "no-such-key"})
+    assert answer.status_code == 200, answer.text
+    found = {r["Check"]: r for r in answer.json()}
+    assert found["key pair"]["Status"] == "FAIL"
+    assert found["service role"]["Status"] == "FAIL"  # moto: no roles until made

@@ -133,6 +133,9 @@ COLUMNS = {
         ("Action", "Action"), ("Target", "Target"), ("Cluster", "ClusterId"),
         ("Result", action_result), ("Time", "Time"),
     ],
+    "doctor": [
+        ("Status", "Status"), ("Check", "Check"), ("Detail", "Detail"), ("Fix", "Fix"),
+    ],
     "reap": [
         ("Cluster", "Id"), ("Name", "Name"), ("State", "State"), ("Decision", "Decision"),
         ("Reasons", lambda r: "; ".join(r.get("Reasons") or [])),

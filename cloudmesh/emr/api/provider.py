@@ -74,6 +74,19 @@ METRICS = ("IsIdle", "AppsRunning", "AppsPending", "ContainerPending",
 METRICS_PERIOD = 300
 METRICS_SINCE = "3h"
 
+# doctor: the on-demand standard-instance vCPU quota (Service Quotas), and the roles
+# `aws emr create-default-roles` makes: (name, trusted services, managed policy)
+QUOTA_CODE = "L-1216C47A"
+EC2_DEFAULT_ROLE = "EMR_EC2_DefaultRole"
+MANAGED = "arn:aws:iam::aws:policy/service-role/"
+DEFAULT_ROLES = (
+    ("EMR_DefaultRole", ("elasticmapreduce.amazonaws.com",), MANAGED + "AmazonElasticMapReduceRole"),
+    (EC2_DEFAULT_ROLE, ("ec2.amazonaws.com",), MANAGED + "AmazonElasticMapReduceforEC2Role"),
+    ("EMR_AutoScaling_DefaultRole",
+     ("elasticmapreduce.amazonaws.com", "application-autoscaling.amazonaws.com"),
+     MANAGED + "AmazonElasticMapReduceforAutoScalingRole"),
+)
+
 # botocore error codes that mean "your credentials or rights are the problem"
 DENIED = {
     "AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "InvalidClientTokenId",
@@ -1664,6 +1677,224 @@ class Provider:
                                      f"{', '.join(estimate['Unpriced'])} in {self.region}; "
                                      "those instances are not counted")
         return cost.total(estimates, now())
+
+    # ---- doctor ------------------------------------------------------------------------
+
+    # (check, method, fast): fast ones also run before every start (unless --no-check)
+    DOCTOR_CHECKS = (
+        ("credentials", "_doctor_credentials", False),
+        ("service role", "_doctor_service_role", True),
+        ("instance profile", "_doctor_instance_profile", True),
+        ("release", "_doctor_release", True),
+        ("instance types", "_doctor_types", True),
+        ("key pair", "_doctor_key", False),
+        ("subnet", "_doctor_subnet", False),
+        ("log bucket", "_doctor_bucket", False),
+        ("vCPU quota", "_doctor_quota", False),
+    )
+
+    def doctor(self, config=None, fix=False, fast=False, **options):
+        """Check what a launch with these options needs, before it costs a failed launch:
+        one record per check with Status OK, WARN or FAIL, what was found and the fix.
+        ``fix`` first creates EMR's default roles and instance profile (as
+        ``aws emr create-default-roles`` does) when they are missing; nothing else."""
+        from cloudmesh.emr.api import jobflow
+
+        self.warnings = []
+        build = {k: v for k, v in options.items() if k in self.START_OPTIONS and k != "no_check"}
+        request, wanted = jobflow.build("doctor", self.settings, config=config, **build)
+        plan = {"request": request, "wanted": list(dict.fromkeys(wanted)), "supported": None}
+        results = []
+        if fix:
+            results.extend(self._create_default_roles(request))
+        for check, method, quick in self.DOCTOR_CHECKS:
+            if fast and not quick:
+                continue
+            try:
+                status, detail, remedy = getattr(self, method)(plan)
+            except EmrError as error:  # a check that cannot be made is a warning
+                unknown = "does not implement" in error.message
+                status, detail = ("WARN" if unknown else "FAIL"), error.message
+                remedy = "" if unknown else "see the message"
+            results.append({"Id": check, "Check": check, "Status": status, "Detail": detail,
+                            "Fix": remedy or "", "Time": now()})
+        return results
+
+    def _aws_code(self, call):
+        """(answer, None) or (None, botocore error code) of a call whose refusal is an answer."""
+        import botocore.exceptions as bx
+
+        try:
+            return call(), None
+        except bx.ClientError as error:
+            return None, error_of(error)[0]
+
+    def _doctor_credentials(self, plan):
+        sts = self.client("sts")
+        with self._aws("ask STS who the credentials are"):
+            who = sts.get_caller_identity()
+        return "OK", f"account {who['Account']}", ""
+
+    def _doctor_service_role(self, plan):
+        name = plan["request"].get("ServiceRole") or "EMR_DefaultRole"
+        iam = self.client("iam")
+        with self._aws(f"read the IAM role {name}"):
+            found, code = self._aws_code(lambda: iam.get_role(RoleName=name))
+        if found is None:
+            return "FAIL", f"the service role {name} does not exist ({code})", \
+                "cms emr doctor --fix (or: aws emr create-default-roles)"
+        return "OK", f"{name} exists", ""
+
+    def _doctor_instance_profile(self, plan):
+        name = plan["request"].get("JobFlowRole") or "EMR_EC2_DefaultRole"
+        iam = self.client("iam")
+        with self._aws(f"read the IAM instance profile {name}"):
+            found, code = self._aws_code(lambda: iam.get_instance_profile(InstanceProfileName=name))
+        if found is None:
+            return "FAIL", f"the instance profile {name} does not exist ({code})", \
+                "cms emr doctor --fix (or: aws emr create-default-roles)"
+        if not found["InstanceProfile"].get("Roles"):
+            return "FAIL", f"the instance profile {name} holds no role", \
+                f"aws iam add-role-to-instance-profile --instance-profile-name {name} " \
+                f"--role-name {name}"
+        return "OK", f"{name} exists", ""
+
+    def _doctor_release(self, plan):
+        release = plan["request"]["ReleaseLabel"]
+        emr = self.client("emr")
+        with self._aws(f"describe the release {release}"):
+            found, code = self._aws_code(lambda: emr.describe_release_label(ReleaseLabel=release))
+        if found is None:
+            return "FAIL", f"{release} is not a release EMR knows in {self.region} ({code})", \
+                "pick one of 'aws emr list-release-labels'"
+        names = {a.get("Name", "").lower() for a in found.get("Applications", [])}
+        if "spark" not in names:
+            return "FAIL", f"{release} does not include Spark", "pick a release with Spark"
+        return "OK", f"{release} includes Spark", ""
+
+    def _doctor_types(self, plan):
+        release = plan["request"]["ReleaseLabel"]
+        saved = self.warnings
+        self.warnings = []
+        try:
+            self._check_instance_types(release, plan["wanted"])
+        except UsageError as error:
+            return "FAIL", error.message, "pick a supported type with at least 2 vCPUs"
+        finally:
+            said, self.warnings = self.warnings, saved
+        if said:
+            return "WARN", "; ".join(said), ""
+        return "OK", ", ".join(sorted({t for _, t in plan["wanted"]})) + \
+            f" supported by {release} in {self.region}", ""
+
+    def _doctor_key(self, plan):
+        key = plan["request"]["Instances"].get("Ec2KeyName")
+        if not key:
+            return "OK", "no key pair asked (no ssh to the master)", ""
+        ec2 = self.client("ec2")
+        with self._aws(f"read the key pair {key}"):
+            found, code = self._aws_code(lambda: ec2.describe_key_pairs(KeyNames=[key]))
+        if not found or not found.get("KeyPairs"):
+            return "FAIL", f"the key pair {key} does not exist in {self.region} ({code})", \
+                f"aws ec2 create-key-pair --key-name {key} (or pick one of " \
+                "'aws ec2 describe-key-pairs')"
+        return "OK", f"{key} exists", ""
+
+    def _doctor_subnet(self, plan):
+        subnet = plan["request"]["Instances"].get("Ec2SubnetId")
+        if not subnet:
+            return "OK", "no subnet asked (the default VPC)", ""
+        ec2 = self.client("ec2")
+        with self._aws(f"read the subnet {subnet}"):
+            found, code = self._aws_code(lambda: ec2.describe_subnets(SubnetIds=[subnet]))
+        if not found or not found.get("Subnets"):
+            return "FAIL", f"the subnet {subnet} does not exist in {self.region} ({code})", \
+                "pick one of 'aws ec2 describe-subnets'"
+        return "OK", f"{subnet} in {found['Subnets'][0].get('AvailabilityZone')}", ""
+
+    def _doctor_bucket(self, plan):
+        uri = plan["request"].get("LogUri")
+        if not uri:
+            return "WARN", "no log bucket: step logs stay on the cluster and end with it", \
+                "--loguri=s3://BUCKET/logs/"
+        bucket, _ = split_s3_uri(uri)
+        s3 = self.client("s3")
+        with self._aws(f"read the bucket {bucket}"):
+            found, code = self._aws_code(lambda: s3.get_bucket_location(Bucket=bucket))
+        if found is None:
+            return "FAIL", f"the log bucket {bucket} cannot be read ({code})", \
+                f"aws s3 mb s3://{bucket} --region {self.region}"
+        where = found.get("LocationConstraint") or "us-east-1"
+        where = "eu-west-1" if where == "EU" else where
+        if where != self.region:
+            return "FAIL", f"the log bucket {bucket} is in {where}, the cluster in {self.region}", \
+                f"use a bucket in {self.region}"
+        return "OK", f"{bucket} in {where}", ""
+
+    def _doctor_quota(self, plan):
+        from cloudmesh.emr.api import cost
+
+        counts = {}
+        for group in plan["request"]["Instances"].get("InstanceGroups") or []:
+            counts[group["InstanceType"]] = counts.get(group["InstanceType"], 0) + \
+                int(group.get("InstanceCount") or 0)
+        vcpu = cost.table().get("vcpu", {})
+        unknown = [t for t in counts if t not in vcpu]
+        wanted = sum(vcpu.get(t, 0) * n for t, n in counts.items())
+        quotas = self.client("service-quotas")
+        with self._aws("read the on-demand standard-instance vCPU quota"):
+            found, code = self._aws_code(lambda: quotas.get_service_quota(
+                ServiceCode="ec2", QuotaCode=QUOTA_CODE))
+        if found is None:
+            return "WARN", f"cannot read the quota {QUOTA_CODE} ({code}); {wanted} vCPUs " \
+                "asked", "check it in the Service Quotas console"
+        limit = found["Quota"]["Value"]
+        more = f" (and {', '.join(unknown)} not counted)" if unknown else ""
+        if wanted > limit:
+            return "FAIL", f"{wanted} vCPUs asked, the quota is {limit:g}{more}", \
+                f"ask for more: aws service-quotas request-service-quota-increase " \
+                f"--service-code ec2 --quota-code {QUOTA_CODE} --desired-value {wanted}"
+        return "OK", f"{wanted} vCPUs asked of {limit:g}{more}", ""
+
+    def _create_default_roles(self, request):
+        """The roles and instance profile ``aws emr create-default-roles`` makes, where
+        missing; one record per thing created or found."""
+        iam = self.client("iam")
+        done = []
+        for name, principals, policy in DEFAULT_ROLES:
+            with self._aws(f"read the IAM role {name}"):
+                found, _ = self._aws_code(lambda name=name: iam.get_role(RoleName=name))
+            if found is None:
+                trust = {"Version": "2008-10-17", "Statement": [{
+                    "Sid": "", "Effect": "Allow", "Action": "sts:AssumeRole",
+                    "Principal": {"Service": principals if len(principals) > 1
+                                  else principals[0]}}]}
+                import json
+
+                with self._aws(f"create the IAM role {name}"):
+                    iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))
+                    iam.attach_role_policy(RoleName=name, PolicyArn=policy)
+                self._action("create-role", name, request={"RoleName": name, "PolicyArn": policy})
+            done.append({"Id": f"fix {name}", "Check": f"fix role {name}", "Status": "OK",
+                         "Detail": "created" if found is None else "exists", "Fix": "",
+                         "Time": now()})
+        profile = EC2_DEFAULT_ROLE
+        with self._aws(f"read the IAM instance profile {profile}"):
+            found, _ = self._aws_code(
+                lambda: iam.get_instance_profile(InstanceProfileName=profile))
+        if found is None:
+            with self._aws(f"create the IAM instance profile {profile}"):
+                iam.create_instance_profile(InstanceProfileName=profile)
+                iam.add_role_to_instance_profile(InstanceProfileName=profile, RoleName=profile)
+            self._action("create-instance-profile", profile,
+                         request={"InstanceProfileName": profile, "RoleName": profile})
+        elif not found["InstanceProfile"].get("Roles"):
+            with self._aws(f"add the role {profile} to its instance profile"):
+                iam.add_role_to_instance_profile(InstanceProfileName=profile, RoleName=profile)
+        done.append({"Id": f"fix {profile} profile", "Check": "fix instance profile",
+                     "Status": "OK", "Detail": "created" if found is None else "exists",
+                     "Fix": "", "Time": now()})
+        return done
 
     # ---- reap --------------------------------------------------------------------------
 

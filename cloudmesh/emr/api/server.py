@@ -376,6 +376,15 @@ def reap(dry_run=False, idle=None):
     return _answer(provider, provider.reap(dry_run=bool(dry_run), idle=idle))
 
 
+def doctor(release=None, master=None, node=None, count=None, key=None, subnet=None,
+           loguri=None):
+    provider = _service().provider()
+    return _answer(provider, provider.doctor(
+        release=release, master=master, node=node,
+        count=str(count) if count is not None else None, key=key, subnet=subnet,
+        loguri=loguri))
+
+
 # the fields each type of step takes, besides its type
 STEP_FIELDS = {
     "spark": ({"bucket", "key"}, {"args", "name", "on_failure"}),

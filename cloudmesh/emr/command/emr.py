@@ -19,7 +19,8 @@ except ImportError:  # standalone: our own `cms` runs it
 BIG_FILE = 8 * 1024 * 1024  # show upload progress above this size, on a terminal
 # the verbs that work on a cloud; each runs as EmrCommand._<verb>(arguments, provider, format)
 VERBS = ("list", "describe", "start", "stop", "upload", "copy", "run", "stream", "cancel", "logs",
-         "diagnose", "wait", "modify", "protect", "add", "resize", "metrics", "cost", "reap")
+         "diagnose", "wait", "modify", "protect", "add", "resize", "metrics", "cost", "reap",
+         "doctor")
 
 
 def say(line=""):
@@ -116,6 +117,9 @@ class EmrCommand(PluginCommand):
           emr metrics CLUSTERID [--since=DURATION] [--format=FORMAT] [--cloud=CLOUD]
           emr cost [CLUSTERID...] [--status=STATUS...] [--format=FORMAT] [--cloud=CLOUD]
           emr reap [--dry-run] [--idle=DURATION] [--format=FORMAT] [--cloud=CLOUD]
+          emr doctor [--release=LABEL] [--master=MASTER] [--node=NODE] [--count=COUNT]
+                     [--key=KEYPAIR] [--subnet=SUBNET] [--loguri=URI] [--config=FILE]
+                     [--fix] [--format=FORMAT] [--cloud=CLOUD]
           emr stop CLUSTERID... [--format=FORMAT] [--cloud=CLOUD]
           emr upload FILE BUCKET BUCKETNAME [--cloud=CLOUD]
           emr copy CLUSTERID BUCKET BUCKETNAME [--cloud=CLOUD]
@@ -182,6 +186,8 @@ class EmrCommand(PluginCommand):
           --no-check       start without checking the instance types first
           --dry-run        reap: say what would be ended and why; end nothing
           --idle=DURATION  reap: also end clusters idle this long
+          --fix            doctor: create EMR's default roles and instance
+                           profile first, as 'aws emr create-default-roles' does
           --scaling=MIN:MAX  managed scaling between MIN and MAX instances
                            (modify: off removes it)
           --loguri=URI     s3:// folder where EMR writes the cluster's logs
@@ -488,6 +494,18 @@ class EmrCommand(PluginCommand):
         records = provider.reap(dry_run=a["--dry-run"], idle=a["--idle"])
         say(printer.render(records, "reap", fmt))
         return 1 if any(r["Decision"] == "failed" for r in records) else 0
+
+    def _doctor(self, a, provider, fmt):
+        from cloudmesh.emr import printer
+        from cloudmesh.emr.api import jobflow
+
+        config = jobflow.read_config(a["--config"]) if a.get("--config") else None
+        records = provider.doctor(
+            config=config, fix=a["--fix"], release=a["--release"], master=a["--master"],
+            node=a["--node"], count=a["--count"], key=a["--key"], subnet=a["--subnet"],
+            loguri=a["--loguri"])
+        say(printer.render(records, "doctor", fmt))
+        return 1 if any(r["Status"] == "FAIL" for r in records) else 0
 
     def _stop(self, a, provider, fmt):
         from cloudmesh.emr import printer

@@ -156,6 +156,9 @@ def serve(host, port, state_dir, delay, time_scale=1.0):
     no_proxy = [p for p in os.environ.get("NO_PROXY", "").split(",") if p]
     os.environ["NO_PROXY"] = ",".join(no_proxy + [LOOPBACK, "localhost"])
     os.environ["no_proxy"] = os.environ["NO_PROXY"]
+    # IAM knows AWS's managed policies, so that `doctor --fix` can attach EMR's (as on AWS);
+    # no role exists until someone makes it, as on a new account
+    os.environ.setdefault("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
     pair = secure(state_dir)
