@@ -343,7 +343,7 @@ def dollars(value, places=2):
     if value is None:
         return ""
     if 0 < value < 10 ** -places:
-        return f"{value:.2g}"
+        return f"{value:.8f}".rstrip("0")
     return f"{value:.{places}f}"
 
 
