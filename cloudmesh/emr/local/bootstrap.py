@@ -46,6 +46,9 @@ class BootstrapRun:
         self.master = runner.master(cluster.id)
         self.home = master_path(self.master, HOME)
         self.failure = None  # (code, message) once an action failed
+        self.cancelled = False
+        self._process = None
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._main, name=f"bootstrap-{cluster.id}",
                                         daemon=True)
 
@@ -58,6 +61,19 @@ class BootstrapRun:
 
     def join(self, timeout=None):
         self._thread.join(timeout)
+
+    def cancel(self):
+        """Stop the running action and every process it started (the daemon stops)."""
+        import signal
+
+        with self._lock:
+            self.cancelled = True
+            process = self._process
+            if process is not None and process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
     def _main(self):
         try:
@@ -92,14 +108,20 @@ class BootstrapRun:
                                                                path=path))
             return False
         env = {**os.environ, "HOME": str(self.home), "TMPDIR": str(self.master / "tmp")}
+        with self._lock:
+            if self.cancelled:
+                return False
+            self._process = subprocess.Popen(
+                ["bash", str(script), *args], cwd=str(self.home), env=env,
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                start_new_session=True)  # its own process group: cancel() ends all of it
         try:
-            done = subprocess.run(["bash", str(script), *args], cwd=str(self.home), env=env,
-                                  stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=TIMEOUT)
-            stdout, stderr, code = done.stdout, done.stderr, done.returncode
-        except subprocess.TimeoutExpired as expired:
-            stdout, stderr = expired.stdout or b"", (expired.stderr or b"") + \
-                f"\nbootstrap action {n} timed out after {TIMEOUT} s\n".encode()
+            stdout, stderr = self._process.communicate(timeout=TIMEOUT)
+            code = self._process.returncode
+        except subprocess.TimeoutExpired:
+            self.cancel()
+            stdout, stderr = self._process.communicate()
+            stderr += f"\nbootstrap action {n} timed out after {TIMEOUT} s\n".encode()
         (logs / "stdout").write_bytes(stdout)
         (logs / "stderr").write_bytes(stderr)
         controller.append(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} exit code {code}")

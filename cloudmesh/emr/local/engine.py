@@ -130,6 +130,8 @@ class Engine:
             runs = list(self.runs.values())
             for run in runs:
                 run.cancel()
+            for bootstrap in self.bootstraps.values():
+                bootstrap.cancel()
         deadline = time.monotonic() + grace
         for run in runs:
             run.join(max(0.0, deadline - time.monotonic()))
@@ -162,6 +164,9 @@ class Engine:
         a run that ends meanwhile finds its cluster gone and settles nothing.
         """
         for cluster in clusters:
+            bootstrap = self.bootstraps.pop(cluster.id, None)
+            if bootstrap is not None:
+                bootstrap.cancel()
             for step in list(cluster.steps):
                 run = self.runs.pop(step.id, None)
                 if run is not None:
