@@ -250,7 +250,7 @@ def build(name, settings, config=None, **options):
         request["ManagedScalingPolicy"] = scaling_policy(given["scaling"])
     loguri = given.get("loguri") or request.get("LogUri") or settings.emr_default("loguri")
     if loguri:
-        if not str(loguri).startswith("s3://"):
+        if not re.match(r"^s3[an]?://[^/\s]+", str(loguri)):
             raise UsageError(f"--loguri: '{durations.shown(loguri)}' is not an s3:// URI")
         request["LogUri"] = loguri
     if given.get("bootstrap"):
