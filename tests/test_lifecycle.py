@@ -45,6 +45,11 @@ def emr(aws):
     return boto3.client("emr", region_name="us-east-1")
 
 
+def user_tags(tags):
+    """A cluster's tags without the one every start adds (cloudmesh:request, its request id)."""
+    return {t["Key"]: t["Value"] for t in tags if t["Key"] != "cloudmesh:request"}
+
+
 def groups_of(emr, cluster_id):
     return {g["InstanceGroupType"]: g for g in
             emr.list_instance_groups(ClusterId=cluster_id)["InstanceGroups"]}
@@ -108,7 +113,7 @@ def test_options_go_over_the_config(cms, emr, tmp_path):
     cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
     assert cluster["ReleaseLabel"] == "emr-7.2.0"
     assert cluster["LogUri"] == "s3://cli-logs/"
-    assert {t["Key"]: t["Value"] for t in cluster["Tags"]} == \
+    assert user_tags(cluster["Tags"]) == \
         {"team": "data", "env": "prod", "owner": "ana"}
 
 
@@ -246,7 +251,7 @@ def test_describe_as_config_recreates_the_cluster(cms, emr, cm, tmp_path):
         boot = [(b["ScriptPath"], b["Args"]) for b in
                 emr.list_bootstrap_actions(ClusterId=cluster_id)["BootstrapActions"]]
         return (cluster["ReleaseLabel"], [a["Name"] for a in cluster["Applications"]], groups,
-                cluster["Tags"], cluster["LogUri"], boot)
+                user_tags(cluster["Tags"]), cluster["LogUri"], boot)
 
     assert shape(first) == shape(second)
     assert groups_of(emr, second)["TASK"]["BidPrice"] == "0.2"
@@ -535,7 +540,7 @@ def test_rest_start_with_a_config_and_options(client, emr, cm):
     cluster_id = answer.json()["ClusterId"]
     cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
     assert cluster["Name"] == "PiCalc"  # no name: the config's
-    assert {t["Key"]: t["Value"] for t in cluster["Tags"]} == {"team": "data"}
+    assert user_tags(cluster["Tags"]) == {"team": "data"}
     assert groups_of(emr, cluster_id)["TASK"]["Market"] == "SPOT"
     action, = cm.docs("aws", "action")
     assert action["Request"]["RunJobFlow"]["AutoTerminationPolicy"] == {"IdleTimeout": 3600}

@@ -14,7 +14,7 @@ import yaml
 
 from emr_helpers import one_error_line, parse
 from local_fixtures import EMULATOR_TIME_SCALE, wait_for
-from test_lifecycle import AIRFLOW
+from test_lifecycle import AIRFLOW, user_tags
 
 DELAY = "--delay=0.2"
 
@@ -244,7 +244,7 @@ def test_config_keys_policies_and_protection_are_kept_and_echoed(cms, local, emr
     cluster_id = start(cms, "kept", f"--config={path}")
     cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
     assert cluster["LogUri"] == "s3://life/logs/"
-    assert cluster["Tags"] == [{"Key": "team", "Value": "data"}]
+    assert user_tags(cluster["Tags"]) == {"team": "data"}
     assert cluster["Configurations"][0]["Properties"] == {"spark.executor.memory": "2g"}
     task = groups_of(emr, cluster_id)["TASK"]
     assert (task["Market"], task["BidPrice"]) == ("SPOT", "0.3")
