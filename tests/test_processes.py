@@ -396,3 +396,37 @@ def test_local_with_no_daemon_removes_a_stale_daemon_json(tmp_path, monkeypatch,
     assert stopped.code == 0 and "was not running" in stopped.out
     listed = cms("list", "clusters", "--cloud=local")
     assert listed.code == 1 and "cms emr local start" in listed.err
+
+
+def test_a_daemon_without_state_dir_is_ours_only_when_its_own_environment_names_our_folder(
+        tmp_path):
+    """A daemon started without --state-dir serves the folder of ITS environment; another
+    session's (another CLOUDMESH_CONFIG_DIR) is never taken for ours, so never signalled."""
+    import psutil
+
+    from cloudmesh.emr.local import state
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    env = {**os.environ, "CLOUDMESH_CONFIG_DIR": str(theirs)}
+    # a stand-in whose command line reads as the daemon's: ... -m cloudmesh.emr.local.daemon
+    stand_in = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", "-m", state.DAEMON_MODULE],
+        env=env, stdin=subprocess.DEVNULL)
+    try:
+        process = psutil.Process(stand_in.pid)
+        assert not state.server(ours / "emr" / "local").is_ours(process)
+        assert state.server(theirs / "emr" / "local").is_ours(process)
+    finally:
+        stand_in.kill()
+        stand_in.wait(10)
+
+
+def test_the_folders_we_keep_data_in_are_private(tmp_path):
+    """The emulator's S3 objects, credentials and clusters, and the database's data, are
+    readable by their owner alone."""
+    import stat as modes
+
+    folder = processes.private_folder(tmp_path / "a" / "b")
+    assert modes.S_IMODE(folder.stat().st_mode) == 0o700
+    (tmp_path / "loose").mkdir(mode=0o755)
+    assert modes.S_IMODE(processes.private_folder(tmp_path / "loose").stat().st_mode) == 0o700

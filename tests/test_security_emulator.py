@@ -575,3 +575,10 @@ def test_steps_may_use_what_emr_ships(tmp_path):
     with pytest.raises(commands.StepFailure, match="/usr/lib/hadoop/x.py does not exist on"):
         commands.spark_plan(["/usr/lib/hadoop/x.py"], tmp_path / "s3", tmp_path / "master",
                             shipped)
+
+
+def test_the_emulators_folder_is_its_owners_alone(emulator):
+    """S3 objects, credentials and clusters live under the state folder: nobody else reads it."""
+    import stat as modes
+
+    assert modes.S_IMODE(emulator.state_dir.stat().st_mode) == 0o700

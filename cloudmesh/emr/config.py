@@ -60,9 +60,17 @@ KEY_PAIR = ("EC2_ACCESS_ID", "EC2_SECRET_KEY")
 LOCAL_CREDENTIALS = {"region": "us-east-1"}
 
 
-def config_dir():
-    """The folder that holds cloudmesh.yaml and our state (database, emulator)."""
-    return Path(os.environ.get("CLOUDMESH_CONFIG_DIR") or Path.home() / ".cloudmesh")
+def config_dir(environ=None):
+    """The folder that holds cloudmesh.yaml and our state (database, emulator).
+
+    ``environ``: another process's environment, to tell which folder that process uses;
+    this process's own by default.
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get("CLOUDMESH_CONFIG_DIR"):
+        return Path(environ["CLOUDMESH_CONFIG_DIR"])
+    home = environ.get("HOME") if environ is not os.environ else None
+    return (Path(home) if home else Path.home()) / ".cloudmesh"
 
 
 def state_dir(*parts):

@@ -273,7 +273,7 @@ class EmbeddedServer:
     def _start(self, wait):
         from cloudmesh.emr import processes
 
-        self.folder.mkdir(parents=True, exist_ok=True)
+        processes.private_folder(self.folder)
         with self._server.start_lock(what="start the database"):
             state, process = self._found()
             if state:

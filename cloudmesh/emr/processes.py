@@ -108,6 +108,18 @@ def valid_port(port):
     return isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536
 
 
+def private_folder(path):
+    """Make ``path`` (and its parents) and keep it to its owner (0700): the emulator's S3
+    objects, credentials and clusters, and the database's data, are nobody else's."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        os.chmod(path, 0o700)
+    except OSError:  # not ours to change (a folder the user pointed us at): leave it
+        pass
+    return path
+
+
 # ---- locks ---------------------------------------------------------------------------
 
 
@@ -196,8 +208,10 @@ class Server:
     """One kind of server we own, serving one folder.
 
     ``program(cmdline)`` says whether a command line runs our program; the folder it
-    serves is the value of ``folder_option`` on that command line (``default_folder``
-    when the option is not there). ``rebuild(process)``
+    serves is the value of ``folder_option`` on that command line, or, when the option is
+    not there, ``default_folder(environment)`` of the process's own environment (another
+    user's or another session's server is never taken for ours because our own default
+    happens to match). ``rebuild(process)``
     makes the state-file contents of a running server from the process alone (used when
     the state file is lost). Warnings for the user collect in ``self.warnings``.
     """
@@ -211,7 +225,7 @@ class Server:
         self.lock_file = self.state_file.with_name("start.lock")
         self.program = program
         self.folder_option = folder_option
-        self.default_folder = default_folder  # what the program serves without the option
+        self.default_folder = default_folder  # environ -> what it serves without the option
         self._rebuild = rebuild
         self._holding = False
         self.warnings = []
@@ -246,7 +260,7 @@ class Server:
                 return False
             value = option(cmdline, self.folder_option)
             if value is None and self.default_folder is not None:
-                value = str(self.default_folder)
+                value = str(self.default_folder(process.environ()))
             cwd = None
             if value is not None and not os.path.isabs(value):
                 cwd = process.cwd()

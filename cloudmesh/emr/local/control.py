@@ -203,8 +203,7 @@ def start(port=None, delay=None, state=None):
     Returns {Endpoint, Pid, Port, StateDir, Log, Delay, Started, AlreadyRunning}.
     """
     port = _port(port)
-    state = _state(state)
-    state.mkdir(parents=True, exist_ok=True)
+    state = processes.private_folder(_state(state))
     daemon = server(state)
     try:
         with daemon.start_lock(what="start the emulator"):

@@ -133,8 +133,7 @@ def secure(state_dir):
 
 def serve(host, port, state_dir, delay, time_scale=1.0):
     """Run until SIGTERM/SIGINT; return the exit code."""
-    state_dir = Path(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir = processes.private_folder(state_dir)
     # another daemon serving this folder (the process table decides, not daemon.json;
     # the serve lock, held for the daemon's life, settles two that start at once)
     others = state.server(state_dir).find(exclude=(os.getpid(),))

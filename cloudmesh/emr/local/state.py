@@ -47,11 +47,14 @@ def server(state_dir):
             "state_dir": str(state_dir), "log": str(state_dir / LOG_FILE),
         }
 
-    from cloudmesh.emr.config import state_dir as default
+    from cloudmesh.emr.config import config_dir
+
+    def default(environ):  # a daemon without --state-dir serves its own environment's folder
+        return config_dir(environ) / "emr" / "local"
 
     return processes.Server(
         "the local emulator", state_dir, state_dir / STATE_FILE, state_dir / LOG_FILE,
-        runs_daemon, "--state-dir", rebuild, default_folder=default("local"),
+        runs_daemon, "--state-dir", rebuild, default_folder=default,
     )
 
 
