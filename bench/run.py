@@ -20,7 +20,8 @@ Rows:
   emulator      add a word-count step on the local emulator until COMPLETED, against
                 a bare spark-submit of the same program
 
-Options: --only ROW[,ROW...] runs some rows; --quick halves the repetitions.
+Options: --only ROW[,ROW...] runs some rows; --quick halves the repetitions; --markdown
+prints the saved results as a Markdown table.
 Results go to bench/results.json as well as the screen.
 """
 
@@ -490,11 +491,32 @@ def show(rows):
             print(f"  {r['row']}: {r['note']}")
 
 
+def markdown(results):
+    """The saved results as a Markdown table (for the README)."""
+    def fmt(value):
+        return "" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
+
+    lines = ["| measure | cms emr | anchor | ratio or figure | target | met |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in results["rows"]:
+        anchor = f"{r['anchor_name']} {fmt(r['anchor'])} {r['unit']}" if r["anchor"] is not None \
+            else ""
+        lines.append(f"| {r['measure']} | {fmt(r['ours'])} {r['unit']} | {anchor} | "
+                     f"{fmt(r['figure'])} | {r['target']} | {'yes' if r['met'] else 'no'} |")
+    notes = [f"{r['row']}: {r['note']}" for r in results["rows"] if r["note"]]
+    return "\n".join(lines + [""] + notes)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", default=",".join(ROWS), help="rows: " + ", ".join(ROWS))
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the saved results as a Markdown table, and run nothing")
     options = parser.parse_args()
+    if options.markdown:
+        print(markdown(json.loads(RESULTS.read_text())))
+        return
     chosen = [name.strip() for name in options.only.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in ROWS]
     if unknown:
