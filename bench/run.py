@@ -503,7 +503,7 @@ def markdown(results):
             else ""
         lines.append(f"| {r['measure']} | {fmt(r['ours'])} {r['unit']} | {anchor} | "
                      f"{fmt(r['figure'])} | {r['target']} | {'yes' if r['met'] else 'no'} |")
-    notes = [f"{r['row']}: {r['note']}" for r in results["rows"] if r["note"]]
+    notes = [f"- {r['row']}: {r['note']}" for r in results["rows"] if r["note"]]
     return "\n".join(lines + [""] + notes)
 
 
