@@ -12,6 +12,7 @@ MODE ``native`` uses the MongoDB that cloudmesh.yaml names.
 """
 
 import datetime
+import functools
 import os
 import re
 import shutil
@@ -135,7 +136,13 @@ def _escape_text(text):
 
 def _storable_key(key):
     """A key BSON and MongoDB take as a field name, and whether it had to change."""
-    key = str(key)
+    return _storable_name(str(key))
+
+
+@functools.lru_cache(maxsize=4096)
+def _storable_name(key):
+    """_storable_key of a string, remembered: a listing repeats the same few field names
+    in every record (5,000 clusters: 60,000 names, a dozen of them different)."""
     fixed = _escape_text(key).replace("\0", "\\0")
     if fixed.startswith("$"):
         fixed = "\\u0024" + fixed[1:]
