@@ -16,6 +16,8 @@ import subprocess
 import threading
 import time
 
+from cloudmesh.emr.local.steps import Background
+
 log = logging.getLogger(__name__)
 
 TIMEOUT = 600  # seconds one action may take in the emulator
@@ -26,7 +28,7 @@ FETCH_MESSAGE = ("On the master instance ({instance}), bootstrap action {n} coul
                  "fetched from {path}")
 
 
-class BootstrapRun:
+class BootstrapRun(Background):
     """The bootstrap actions of one cluster, carried out in a thread."""
 
     def __init__(self, runner, cluster):
@@ -51,16 +53,6 @@ class BootstrapRun:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._main, name=f"bootstrap-{cluster.id}",
                                         daemon=True)
-
-    def start(self):
-        self._thread.start()
-
-    @property
-    def alive(self):
-        return self._thread.is_alive()
-
-    def join(self, timeout=None):
-        self._thread.join(timeout)
 
     def cancel(self):
         """Stop the running action and every process it started (the daemon stops)."""

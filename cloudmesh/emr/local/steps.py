@@ -293,7 +293,22 @@ def as_on_emr(text, mirror, master):
     return text
 
 
-class StepRun:
+class Background:
+    """Work carried out in a thread of its own (``self._thread``, running ``self._main``),
+    which the engine starts, watches and joins: a step run, a cluster's bootstrap actions."""
+
+    def start(self):
+        self._thread.start()
+
+    @property
+    def alive(self):
+        return self._thread.is_alive()
+
+    def join(self, timeout=None):
+        self._thread.join(timeout)
+
+
+class StepRun(Background):
     """One step being carried out, in its own thread."""
 
     def __init__(self, runner, cluster, step, done):
@@ -320,17 +335,7 @@ class StepRun:
         self.workdir = self.master / "mnt/var/lib/hadoop/steps" / step.id
         self.logdir = self.master / "mnt/var/log/hadoop/steps" / step.id
 
-    # ---- control from the engine ---------------------------------------------------
-
-    def start(self):
-        self._thread.start()
-
-    @property
-    def alive(self):
-        return self._thread.is_alive()
-
-    def join(self, timeout=None):
-        self._thread.join(timeout)
+    # ---- control from the engine: start, alive and join come from Background ----------
 
     def cancel(self, kill=False):
         """Stop the step: SIGTERM to its process group, SIGKILL after GRACE seconds."""
