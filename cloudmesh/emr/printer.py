@@ -133,6 +133,10 @@ COLUMNS = {
         ("Action", "Action"), ("Target", "Target"), ("Cluster", "ClusterId"),
         ("Result", action_result), ("Time", "Time"),
     ],
+    "event": [
+        ("Seen", "Seen"), ("Kind", "Kind"), ("Resource", "Resource"), ("From", "From"),
+        ("To", "To"), ("Reason", "Reason"),
+    ],
     "doctor": [
         ("Status", "Status"), ("Check", "Check"), ("Detail", "Detail"), ("Fix", "Fix"),
     ],

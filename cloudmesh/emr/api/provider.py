@@ -237,6 +237,7 @@ class Provider:
         self.database_error = None
         self.journaled = 0  # records the database could not take, kept in the journal
         self.journal_error = None
+        self.retry_mode = "standard"  # sync: adaptive, so a busy account is not throttled
 
     # ---- plumbing -------------------------------------------------------------------
 
@@ -274,7 +275,7 @@ class Provider:
             if control is not None:  # a lost daemon.json rebuilt, or a stale one removed
                 self.warnings.extend(control.take_warnings())
             config = Config(
-                retries={"mode": "standard",  # total_max_attempts counts the first try too
+                retries={"mode": self.retry_mode,  # total_max_attempts counts the first try too
                          "total_max_attempts": 1 if once else self.settings.retry_attempts()},
                 connect_timeout=10,
                 read_timeout=60,
@@ -393,9 +394,14 @@ class Provider:
         first, in place, so neither the database, the journal nor any output sees them."""
         from cloudmesh.emr.database import Journaled
 
+        from cloudmesh.emr.api import history
+
         mask(records)
         try:
-            self.database.record(self.cloud, kind, records, cluster=cluster)
+            written = self.database.record(self.cloud, kind, records, cluster=cluster)
+            changes = history.events(kind, written or [], cluster, now())
+            if changes:  # each state change, as an event (kind event)
+                self.database.record(self.cloud, "event", changes, cluster=cluster)
         except Journaled as journaled:
             self.journaled += journaled.count
             self.journal_error = journaled
@@ -1639,6 +1645,69 @@ class Provider:
             })
         self._record("metric", records, cluster=cluster_id)
         return records
+
+    # ---- history, cached listings, sync -------------------------------------------------
+
+    def history(self, cluster_id):
+        """The cluster's timeline from the recorded events (oldest first), read from the
+        database alone: it lasts after EMR has stopped listing the cluster."""
+        check_cluster_id(cluster_id)
+        try:
+            found = self.database.find(self.cloud, "event", {"cm.cluster": cluster_id})
+        finally:
+            take = getattr(self._database, "take_warnings", None)
+            self.warnings.extend(take() if take else [])
+        found = [{k: v for k, v in doc.items() if k not in ("_id", "cm")} for doc in found]
+        if not found:
+            raise NotFound(f"no history of {cluster_id} in the database for cloud "
+                           f"'{self.cloud}' (list or describe it first)")
+        return sorted(found, key=lambda e: (utc(e["Seen"]), e["Kind"] != "cluster"))
+
+    def cached_clusters(self, status=None):
+        """The clusters as last recorded, without asking AWS; a WARNING says how old."""
+        states = vocabulary.translate("cluster status", status)
+        self.cached_age = None
+        found = self.database.find(self.cloud, "cluster")
+        clusters = [doc for doc in found if not states or doc["Status"]["State"] in states]
+        if found:
+            oldest = min(utc(doc["cm"]["modified"]) for doc in found if doc.get("cm"))
+            age = int((now() - oldest).total_seconds())
+            self.cached_age = age
+            from cloudmesh.emr import durations
+
+            self.warnings.append(f"from the database, not AWS: the oldest record was "
+                                 f"written {durations.human(age)} ago; 'cms emr sync' "
+                                 "refreshes it")
+        else:
+            self.warnings.append("from the database, not AWS: it holds no cluster yet; "
+                                 "'cms emr sync' fills it")
+        return newest_first([{k: v for k, v in doc.items() if k not in ("_id", "cm")}
+                             for doc in clusters])
+
+    def sync(self):
+        """Refresh the records cheaply: the active clusters by state filter, the ended ones
+        created since the last sync (all the first time), with adaptive retries."""
+        self.retry_mode = "adaptive"
+        self.warnings = []
+        found = self.database.find(self.cloud, "sync", {"Id": "clusters"})
+        last = utc(found[0]["Time"]) if found else None
+        began = now()
+        held = [doc["Id"] for doc in self.database.find(self.cloud, "cluster")
+                if doc["Status"]["State"] not in ENDED_STATES]
+        active = self.list_clusters(status=["active"])
+        ended = self.list_clusters(status=["TERMINATED", "TERMINATED_WITH_ERRORS"],
+                                   created_after=last) if last else \
+            self.list_clusters(status=["TERMINATED", "TERMINATED_WITH_ERRORS"])
+        listed = {c["Id"] for c in active + ended}
+        for cluster_id in held:  # active at the last sync, ended before it: describe it
+            if cluster_id not in listed:
+                try:
+                    ended.append(self.describe(cluster_id))
+                except NotFound:
+                    pass
+        self._record("sync", [{"Id": "clusters", "Time": began, "Active": len(active),
+                               "Ended": len(ended)}])
+        return {"Active": len(active), "Ended": len(ended), "Since": last, "Time": began}
 
     # ---- cost --------------------------------------------------------------------------
 

@@ -238,8 +238,14 @@ def _answer(provider, body, status=200, headers=None):
 # ---- the operations (operationIds of emr.yaml) --------------------------------------
 
 
-def list_clusters(status=None, created_after=None, created_before=None):
+def list_clusters(status=None, created_after=None, created_before=None, cached=False):
     status = status or None
+    if cached:  # from the database, never shared with or through AWS's answers
+        provider = _service().provider()
+        clusters = provider.cached_clusters(status=status)
+        age = provider.cached_age
+        return _answer(provider, clusters, headers=None if age is None else
+                       {"X-Cloudmesh-Cached-Age": str(age)})
     return _shared(("clusters", tuple(status or ()), created_after, created_before),
                    lambda provider: provider.list_clusters(status=status,
                                                            created_after=created_after,
@@ -383,6 +389,11 @@ def doctor(release=None, master=None, node=None, count=None, key=None, subnet=No
         release=release, master=master, node=node,
         count=str(count) if count is not None else None, key=key, subnet=subnet,
         loguri=loguri))
+
+
+def cluster_history(cluster_id):
+    provider = _service().provider()
+    return _answer(provider, provider.history(cluster_id))
 
 
 # the fields each type of step takes, besides its type

@@ -20,7 +20,7 @@ BIG_FILE = 8 * 1024 * 1024  # show upload progress above this size, on a termina
 # the verbs that work on a cloud; each runs as EmrCommand._<verb>(arguments, provider, format)
 VERBS = ("list", "describe", "start", "stop", "upload", "copy", "run", "stream", "cancel", "logs",
          "diagnose", "wait", "modify", "protect", "add", "resize", "metrics", "cost", "reap",
-         "doctor")
+         "doctor", "history", "sync")
 
 
 def say(line=""):
@@ -97,7 +97,7 @@ class EmrCommand(PluginCommand):
         Manage Amazon EMR clusters that run Apache Spark.
 
         Usage:
-          emr list clusters [--status=STATUS...] [--created-after=WHEN] [--created-before=WHEN] [--format=FORMAT] [--cloud=CLOUD]
+          emr list clusters [--status=STATUS...] [--created-after=WHEN] [--created-before=WHEN] [--cached] [--format=FORMAT] [--cloud=CLOUD]
           emr list instances CLUSTERID [--status=STATUS...] [--type=TYPE...] [--format=FORMAT] [--cloud=CLOUD]
           emr list steps CLUSTERID [--state=STATE...] [--format=FORMAT] [--cloud=CLOUD]
           emr list groups CLUSTERID [--format=FORMAT] [--cloud=CLOUD]
@@ -120,6 +120,8 @@ class EmrCommand(PluginCommand):
           emr doctor [--release=LABEL] [--master=MASTER] [--node=NODE] [--count=COUNT]
                      [--key=KEYPAIR] [--subnet=SUBNET] [--loguri=URI] [--config=FILE]
                      [--fix] [--format=FORMAT] [--cloud=CLOUD]
+          emr history CLUSTERID [--format=FORMAT] [--cloud=CLOUD]
+          emr sync [--cloud=CLOUD]
           emr stop CLUSTERID... [--format=FORMAT] [--cloud=CLOUD]
           emr upload FILE BUCKET BUCKETNAME [--cloud=CLOUD]
           emr copy CLUSTERID BUCKET BUCKETNAME [--cloud=CLOUD]
@@ -186,6 +188,7 @@ class EmrCommand(PluginCommand):
           --no-check       start without checking the instance types first
           --dry-run        reap: say what would be ended and why; end nothing
           --idle=DURATION  reap: also end clusters idle this long
+          --cached         list clusters from the database, without asking AWS
           --fix            doctor: create EMR's default roles and instance
                            profile first, as 'aws emr create-default-roles' does
           --scaling=MIN:MAX  managed scaling between MIN and MAX instances
@@ -363,7 +366,9 @@ class EmrCommand(PluginCommand):
         from cloudmesh.emr import printer
 
         status = a["--status"] if a["--status"] else None
-        if a["clusters"]:
+        if a["clusters"] and a.get("--cached"):
+            kind, records = "cluster", provider.cached_clusters(status=status)
+        elif a["clusters"]:
             kind, records = "cluster", provider.list_clusters(
                 status=status, created_after=a["--created-after"],
                 created_before=a["--created-before"])
@@ -506,6 +511,17 @@ class EmrCommand(PluginCommand):
             loguri=a["--loguri"])
         say(printer.render(records, "doctor", fmt))
         return 1 if any(r["Status"] == "FAIL" for r in records) else 0
+
+    def _history(self, a, provider, fmt):
+        from cloudmesh.emr import printer
+
+        say(printer.render(provider.history(a["CLUSTERID"][0]), "event", fmt))
+        return 0
+
+    def _sync(self, a, provider, fmt):
+        done = provider.sync()
+        say(f"synced {done['Active']} active and {done['Ended']} ended clusters")
+        return 0
 
     def _stop(self, a, provider, fmt):
         from cloudmesh.emr import printer
