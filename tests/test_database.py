@@ -365,7 +365,8 @@ def test_embedded_server_on_first_need_reused_then_status_and_stop(cm, moto_clou
         info = json.loads(status.out)
         assert info["Running"] is True and info["Mode"] == "embedded"
         assert info["Pid"] == pid and info["Address"] == f"127.0.0.1:{port}"
-        assert info["Collections"] == {"moto-emr-cluster": 1}
+        # the cluster, and its first state as an event (cms emr history)
+        assert info["Collections"] == {"moto-emr-cluster": 1, "moto-emr-event": 1}
         table = cms_process("emr", "db", "status")
         assert "moto-emr-cluster" in table.out and str(port) in table.out
 
