@@ -77,6 +77,8 @@ METRICS_SINCE = "3h"
 # doctor: the on-demand standard-instance vCPU quota (Service Quotas), and the roles
 # `aws emr create-default-roles` makes: (name, trusted services, managed policy)
 QUOTA_CODE = "L-1216C47A"
+KEY_NAME = re.compile(r"^[\x20-\x7e]{1,255}$")  # EC2: ASCII, up to 255 characters
+SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{1,17}$")
 EC2_DEFAULT_ROLE = "EMR_EC2_DefaultRole"
 MANAGED = "arn:aws:iam::aws:policy/service-role/"
 DEFAULT_ROLES = (
@@ -615,6 +617,27 @@ class Provider:
                      "auto_terminate", "idle_timeout", "scaling", "loguri", "key", "subnet",
                      "zone", "bootstrap", "tags", "ttl", "max_cost", "no_check")
 
+    @staticmethod
+    def _check_options(options):
+        """The options of start (and doctor) that can be checked without AWS."""
+        for key in ("key", "subnet", "loguri", "zone"):
+            if options.get(key) is not None:
+                check_text(f"--{key}", options[key])
+        release = options.get("release")
+        if release is not None and not RELEASE_LABEL.match(str(release)):
+            raise UsageError(f"--release: '{shorten(release)}' is not a release label like "
+                             "emr-7.12.0")
+        for option in ("master", "node", "task"):
+            value = options.get(option)
+            if value is not None and not INSTANCE_TYPE.match(str(value)):
+                raise UsageError(f"--{option}: '{shorten(value)}' is not an instance type like "
+                                 "m5.xlarge")
+        count = options.get("count")
+        if count is not None and (isinstance(count, bool) or not COUNT.match(str(count))
+                                  or int(count) < 1):
+            raise UsageError(f"--count: '{shorten(count)}' is not a whole number of at least 1 "
+                             "(1 master plus COUNT-1 core nodes)")
+
     def start(self, name, config=None, idempotency_key=None, **options):
         """Create a Spark cluster with run_job_flow; return the action record.
 
@@ -640,20 +663,7 @@ class Provider:
         unknown = set(options) - set(self.START_OPTIONS)
         if unknown:
             raise TypeError(f"start() got unknown options {sorted(unknown)}")
-        release = options.get("release")
-        if release is not None and not RELEASE_LABEL.match(str(release)):
-            raise UsageError(f"--release: '{shorten(release)}' is not a release label like "
-                             "emr-7.12.0")
-        for option in ("master", "node", "task"):
-            value = options.get(option)
-            if value is not None and not INSTANCE_TYPE.match(str(value)):
-                raise UsageError(f"--{option}: '{shorten(value)}' is not an instance type like "
-                                 "m5.xlarge")
-        count = options.get("count")
-        if count is not None and (isinstance(count, bool) or not COUNT.match(str(count))
-                                  or int(count) < 1):
-            raise UsageError(f"--count: '{shorten(count)}' is not a whole number of at least 1 "
-                             "(1 master plus COUNT-1 core nodes)")
+        self._check_options(options)
         request, wanted = jobflow.build(name, self.settings, config=config, **options)
         release = request["ReleaseLabel"]
         if not RELEASE_LABEL.match(str(release)):
@@ -1771,6 +1781,15 @@ class Provider:
 
         self.warnings = []
         build = {k: v for k, v in options.items() if k in self.START_OPTIONS and k != "no_check"}
+        self._check_options(build)
+        if build.get("loguri") is not None:
+            check_s3_uri("--loguri", build["loguri"])
+        for key, pattern, example in (("key", KEY_NAME, "my-key"), ("subnet", SUBNET_ID,
+                                                                    "subnet-0123456789abcdef0")):
+            if build.get(key) is not None and not pattern.match(str(build[key])):
+                raise UsageError(f"--{key}: '{shorten(build[key])}' is not a "
+                                 f"{'key pair name' if key == 'key' else 'subnet id'} like "
+                                 f"{example}")
         request, wanted = jobflow.build("doctor", self.settings, config=config, **build)
         plan = {"request": request, "wanted": list(dict.fromkeys(wanted)), "supported": None}
         results = []
@@ -1886,7 +1905,11 @@ class Provider:
         if not uri:
             return "WARN", "no log bucket: step logs stay on the cluster and end with it", \
                 "--loguri=s3://BUCKET/logs/"
-        bucket, _ = split_s3_uri(uri)
+        where = split_s3_uri(uri)
+        if not where or not BUCKET.match(where[0]):
+            return "FAIL", f"the log URI '{shown(uri)}' is not an S3 URI", \
+                "--loguri=s3://BUCKET/logs/"
+        bucket = where[0]
         s3 = self.client("s3")
         with self._aws(f"read the bucket {bucket}"):
             found, code = self._aws_code(lambda: s3.get_bucket_location(Bucket=bucket))
