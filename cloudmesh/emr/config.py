@@ -175,7 +175,7 @@ class Settings:
             raise UsageError(
                 f"{where}: '{shorten(name)}' is not a cloud of {self.path}; use one of: "
                 f"{', '.join(dict.fromkeys([EMR_DEFAULTS['cloud'], LOCAL, *known]))} "
-                f"(or add cloudmesh.cloud.{name}.credentials there)"
+                f"(or add cloudmesh.cloud.{shorten(name, 40)}.credentials there)"
             )
         return name
 

@@ -803,6 +803,9 @@ class Provider:
 
     def upload(self, filename, bucket, key, progress=None):
         """Send a local file to s3://bucket/key with boto3's transfer manager."""
+        if "\0" in str(filename):
+            raise UsageError(f"FILE: '{shorten(filename)}' holds a NUL character; no file is "
+                             "named so")
         path = os.path.abspath(os.path.expanduser(str(filename)))
         if not os.path.isfile(path):
             raise UsageError(f"'{shorten(filename)}' is not a file; upload takes a regular file")

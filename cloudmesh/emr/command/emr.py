@@ -629,7 +629,7 @@ class EmrCommand(PluginCommand):
         progress = None
         try:
             size = os.path.getsize(os.path.expanduser(filename))
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL in the name; upload says so
             size = 0
         if size > BIG_FILE and sys.stderr.isatty():
             progress = printer.Progress(size, os.path.basename(filename))
