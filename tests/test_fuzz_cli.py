@@ -218,11 +218,16 @@ def run(argv):
 
 
 def test_the_usage_patterns_are_read():
+    from cloudmesh.emr.command.emr import EmrCommand
+
     patterns = usage_patterns()
-    assert len(patterns) >= 20
-    assert ["list", "clusters", "[", "--status=STATUS", "...", "]", "[",
-            "--created-after=WHEN", "]", "[", "--created-before=WHEN", "]", "[",
-            "--format=FORMAT", "]", "[", "--cloud=CLOUD", "]"] in patterns
+    usage = EmrCommand.usage().split("Usage:", 1)[1].split("\n\n", 1)[0]
+    assert len(patterns) == usage.count("\n  emr ") - 1  # all but `emr -h | --help`
+    listing = next(p for p in patterns if p[:2] == ["list", "clusters"])
+    assert listing[2:6] == ["[", "--status=STATUS", "...", "]"]
+    tree = parse(listing)
+    assert tree[0] == "seq" and tree[1][:2] == ["list", "clusters"]
+    assert tree[1][2] == ("opt", ("seq", [("rep", "--status=STATUS")]))
     assert any(p[:2] == ["db", "("] for p in patterns)
 
 
