@@ -384,12 +384,23 @@ def test_start_with_the_defaults_and_a_single_node(emr, cm):
     ({"name": "x", "count": "three"}, ["three", "count"]),
     ({"name": "x", "colour": "red"}, ["colour"]),
     ({"count": 3}, ["name"]),
-    ({"name": "x", "master": "m5.nonesuch"}, ["m5.nonesuch", "m5.xlarge"]),
     ({"name": "x", "node": "m1.small"}, ["m1.small", "vCPU"]),
-    ({"name": "x", "release": "emr-0.0.1"}, ["emr-0.0.1"]),
 ])
 def test_start_refuses_bad_input(client, emr, body, words):
     problem = is_problem(client.post("/clusters", json=body), 400)
+    for word in words:
+        assert word in problem["detail"]
+    assert emr.list_clusters()["Clusters"] == []
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"name": "x", "master": "m5.nonesuch"}, ["m5.nonesuch", "m5.xlarge"]),
+    ({"name": "x", "release": "emr-0.0.1"}, ["emr-0.0.1"]),
+])
+def test_start_naming_what_emr_does_not_offer_is_404(client, emr, body, words):
+    """The request fits the spec; what it names does not exist (in the region)."""
+    problem = is_problem(client.post("/clusters", json=body), 404)
+    assert problem["type"].endswith(":not-found")
     for word in words:
         assert word in problem["detail"]
     assert emr.list_clusters()["Clusters"] == []
@@ -514,11 +525,19 @@ def test_upload_keeps_the_slashes_inside_a_key_and_refuses_a_leading_one(client,
 @pytest.mark.parametrize("request_body, words", [
     ({"content": b"", "headers": {"Content-Type": "application/octet-stream"}}, ["empty"]),
     ({}, ["empty"]),
-    ({"files": {"file": ("empty.txt", b"")}}, ["empty"]),
     ({"files": {"file": (None, "text, not a file")}}, ["plain field", "file=@"]),
     ({"files": {"other": ("a.txt", b"x")}}, ["other", "file"]),
     ({"files": {"file": ("a.txt", b"x"), "other": ("b.txt", b"y")}}, ["other", "file"]),
 ])
+def test_an_empty_file_in_a_form_is_an_empty_object(client, s3):
+    """A form's file part says a file was sent, even an empty one (Spark's _SUCCESS);
+    an empty raw body says nothing was."""
+    answer = client.put("/buckets/data-bucket/objects/out/_SUCCESS",
+                        files={"file": ("_SUCCESS", b"")})
+    assert answer.status_code == 201, answer.text
+    assert s3.head_object(Bucket="data-bucket", Key="out/_SUCCESS")["ContentLength"] == 0
+
+
 def test_upload_refuses_a_missing_file(client, s3, cm, request_body, words):
     problem = is_problem(client.put("/buckets/data-bucket/objects/a.txt", **request_body), 400)
     assert all(word in problem["detail"] for word in words), problem["detail"]

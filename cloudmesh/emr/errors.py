@@ -32,6 +32,15 @@ class UsageError(EmrError):
     title = "Bad request"
 
 
+class NotOffered(UsageError):
+    """A release label or instance type that EMR does not offer (in the region, for the
+    release): bad input on the command line (exit 2); over REST a 404, since the request
+    fits the spec and names something that does not exist."""
+
+    http_status = 404
+    title = "Not found"
+
+
 class NotFound(EmrError):
     """The cluster, step, bucket or file does not exist."""
 

@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from cloudmesh.emr.api import vocabulary
 from cloudmesh.emr.config import Settings
 from cloudmesh.emr.errors import (
-    AwsError, Conflict, DatabaseError, EmrError, NotFound, UsageError, shorten, undecodable,
+    AwsError, Conflict, DatabaseError, EmrError, NotFound, NotOffered, UsageError, shorten,
+    undecodable,
 )
 from cloudmesh.emr.redaction import mask, redact_url, userinfo
 
@@ -592,7 +593,7 @@ class Provider:
                     )
                     return
                 if code in ("ValidationException", "InvalidRequestException"):
-                    raise UsageError(
+                    raise NotOffered(
                         f"--release: '{shorten(release)}' is not a release label EMR knows in "
                         f"{self.region}: {message or code}"
                     ) from None
@@ -604,7 +605,7 @@ class Provider:
                 similar = sorted((t for t in supported if t.startswith(family + ".")),
                                  key=lambda t: (int(supported[t].get("VCPU") or 0), t))[:6]
                 hint = f"; {family} types it supports: {', '.join(similar)}" if similar else ""
-                raise UsageError(f"{option}: {name} is not supported by {release} in "
+                raise NotOffered(f"{option}: {name} is not supported by {release} in "
                                  f"{self.region}{hint}")
             if int(item.get("VCPU") or 0) < MIN_VCPU:
                 raise UsageError(

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloudmesh.emr.errors import (
-    AwsError, Conflict, DatabaseError, EmrError, NotFound, UsageError,
+    AwsError, Conflict, DatabaseError, EmrError, NotFound, NotOffered, UsageError,
 )
 
 SPEC = Path(__file__).with_name("emr.yaml")
@@ -38,7 +38,8 @@ LOG = logging.getLogger("cloudmesh.emr.server")
 LOOPBACK_NAMES = ("localhost",)
 
 # error class -> the problem type that names it
-PROBLEM_TYPES = {
+PROBLEM_TYPES = {  # the first class an error is an instance of names it
+    NotOffered: "not-found",
     UsageError: "bad-request",
     NotFound: "not-found",
     Conflict: "conflict",
@@ -498,10 +499,10 @@ def upload_object(bucket, key, file=None):
                 "file: the form's 'file' part is a plain field, not a file; send the file "
                 "itself (curl -F file=@FILE URL)"
             )
-        stream, name = file.stream, file.filename or None  # a spooled temporary file
+        # a spooled temporary file; its part says a file was sent, even an empty one
+        stream, name = file.stream, file.filename or None
     else:  # application/octet-stream (or no Content-Type): read as it arrives
-        stream, name = request.stream, None
-    stream = _not_empty(stream)
+        stream, name = _not_empty(request.stream), None
     provider = _service().provider()
     action = provider.upload_stream(stream, bucket, key, name=name)
     return _answer(provider, {"Url": action["Target"], "Action": action}, 201)
@@ -592,6 +593,42 @@ def _refused(request, refused):
 def _unsupported(request, error):
     """connexion's 415 (a body in a media type the operation does not take), typed like ours."""
     return _problem(415, Refused.TITLES[415], error.detail, "unsupported-media-type")
+
+
+def spec_methods(spec):
+    """[(regex of a path of the spec, the methods it takes)]: the ``Allow`` of a 405.
+    HEAD goes wherever GET does (see HeadAsGet)."""
+    import re
+
+    table = []
+    for path, item in spec["paths"].items():
+        methods = sorted(m.upper() for m in item if m != "parameters")
+        if "GET" in methods:
+            methods = sorted([*methods, "HEAD"])
+        pattern = re.sub(r"\\\{(\w+)\\\}", lambda m: "(.+)" if m.group(1) == "key" else "([^/]+)",
+                         re.escape(path))
+        table.append((re.compile(f"^{pattern}$"), ", ".join(methods)))
+    return table
+
+
+def _http_error(methods):
+    """starlette's HTTP errors as connexion answers them, except that a 405 names in
+    ``Allow`` every method of its path (the router names only those of one operation)."""
+
+    def handle(request, error):
+        import http
+
+        from connexion.problem import problem
+
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            path = request.url.path
+            headers["Allow"] = next((allowed for pattern, allowed in methods
+                                     if pattern.match(path)), headers.get("Allow", ""))
+        return problem(error.status_code, http.HTTPStatus(error.status_code).phrase,
+                       error.detail, headers=headers)
+
+    return handle
 
 
 def _unexpected(request, error):
@@ -851,6 +888,7 @@ class Operation:
     media_types: tuple  # the media types its request body may have, the spec's first first
     fields: tuple  # the properties of its JSON or form body
     vocabularies: tuple = ()  # (query parameter, vocabulary kind) of its word filters
+    refusals: tuple = ()  # what its body's ``not`` schemas refuse, in words (x-refusal)
 
 
 def spec_operations(spec):
@@ -871,14 +909,17 @@ def spec_operations(spec):
                 continue
             parameters = [resolve(p) for p in item.get("parameters", []) + op.get("parameters", [])]
             content = resolve(op.get("requestBody", {})).get("content", {})
-            fields = []
+            fields, refusals = [], []
             for media in content.values():
-                fields.extend(f for f in resolve(media.get("schema", {})).get("properties", {})
-                              if f not in fields)
+                schema = resolve(media.get("schema", {}))
+                fields.extend(f for f in schema.get("properties", {}) if f not in fields)
+                if "x-refusal" in schema:
+                    refusals.append(schema["x-refusal"])
             table[op["operationId"]] = Operation(
                 method.upper(), path, tuple(p["name"] for p in parameters if p["in"] == "query"),
                 tuple(content), tuple(fields),
-                tuple((p["name"], p["x-vocabulary"]) for p in parameters if "x-vocabulary" in p))
+                tuple((p["name"], p["x-vocabulary"]) for p in parameters if "x-vocabulary" in p),
+                tuple(refusals))
     return table
 
 
@@ -967,6 +1008,8 @@ class OperationGuard:
     @staticmethod
     def _detail(operation, detail):
         detail = detail.split("\n\n")[0]  # jsonschema adds the whole schema after a blank line
+        if "should not be valid under" in detail and operation.refusals:
+            return "; ".join(operation.refusals)  # jsonschema would repeat the schema
         if detail.startswith("Extra query"):
             names = ", ".join(operation.query) or "none"
             detail += f"; the query parameters of {operation.method} {operation.path}: {names}"
@@ -1054,6 +1097,9 @@ def create_app(cloud=None, token=None, settings=None, host="127.0.0.1", port=808
     app.add_error_handler(Unrecorded, _unrecorded)
     app.add_error_handler(ClientGone, _client_gone)
     app.add_error_handler(Refused, _refused)
+    from starlette.exceptions import HTTPException
+
+    app.add_error_handler(HTTPException, _http_error(spec_methods(spec)))
     app.add_error_handler(UnsupportedMediaTypeProblem, _unsupported)
     for unreadable in (UnicodeDecodeError, MultiPartException):
         app.add_error_handler(unreadable, _unreadable)
