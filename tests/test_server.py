@@ -522,13 +522,6 @@ def test_upload_keeps_the_slashes_inside_a_key_and_refuses_a_leading_one(client,
     assert "/etc/passwd" in problem["detail"]
 
 
-@pytest.mark.parametrize("request_body, words", [
-    ({"content": b"", "headers": {"Content-Type": "application/octet-stream"}}, ["empty"]),
-    ({}, ["empty"]),
-    ({"files": {"file": (None, "text, not a file")}}, ["plain field", "file=@"]),
-    ({"files": {"other": ("a.txt", b"x")}}, ["other", "file"]),
-    ({"files": {"file": ("a.txt", b"x"), "other": ("b.txt", b"y")}}, ["other", "file"]),
-])
 def test_an_empty_file_in_a_form_is_an_empty_object(client, s3):
     """A form's file part says a file was sent, even an empty one (Spark's _SUCCESS);
     an empty raw body says nothing was."""
@@ -538,6 +531,13 @@ def test_an_empty_file_in_a_form_is_an_empty_object(client, s3):
     assert s3.head_object(Bucket="data-bucket", Key="out/_SUCCESS")["ContentLength"] == 0
 
 
+@pytest.mark.parametrize("request_body, words", [
+    ({"content": b"", "headers": {"Content-Type": "application/octet-stream"}}, ["empty"]),
+    ({}, ["empty"]),
+    ({"files": {"file": (None, "text, not a file")}}, ["plain field", "file=@"]),
+    ({"files": {"other": ("a.txt", b"x")}}, ["other", "file"]),
+    ({"files": {"file": ("a.txt", b"x"), "other": ("b.txt", b"y")}}, ["other", "file"]),
+])
 def test_upload_refuses_a_missing_file(client, s3, cm, request_body, words):
     problem = is_problem(client.put("/buckets/data-bucket/objects/a.txt", **request_body), 400)
     assert all(word in problem["detail"] for word in words), problem["detail"]
@@ -586,7 +586,7 @@ def test_malformed_cluster_id_is_400_in_one_line(client):
     ("POST", "/clusters", {"name": "x", "colour": "red"},
      ["'colour'", "name, master, node, count, release"]),
     ("POST", "/clusters/j-ABC/steps", {"type": "spark", "bucket": "data-bucket", "key": "a.py",
-                                       "jar": "x.jar"}, ["'jar'", "type, bucket, key, args"]),
+                                       "jar": "x.jar"}, ["jar: a spark step takes no jar", "bucket, key, args"]),
 ])
 def test_an_unknown_name_is_400_listing_the_known_ones(client, emr, method, path, body, words):
     problem = is_problem(client.request(method, path, json=body), 400)
@@ -1075,3 +1075,46 @@ def test_the_served_sharing_time_comes_from_cloudmesh_yaml(cm):
         with pytest.raises(UsageError) as caught:
             served_ttl(Settings.load())
         assert "cloudmesh.emr.server.cache" in caught.value.message
+
+
+def test_schemathesis_run_checks_all_on_the_emulator_finds_nothing_but_st301(emulator, cm,
+                                                                              tmp_path):
+    """`schemathesis run --checks all` against the real service on the emulator daemon,
+    bounded: every check, every phase (examples, coverage, fuzzing, stateful), except
+    use_after_free (ST301): a terminated cluster stays describable, as on EMR, and the
+    spec says so."""
+    import time
+
+    cm.write(clouds=emulator.profile("local"))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    executable = Path(sys.executable).parent / "cms"
+    command = [str(executable)] if executable.exists() else [sys.executable, "-m",
+                                                             "cloudmesh.emr.shell"]
+    log = tmp_path / "server.log"
+    with open(log, "w") as output:  # a file, not a pipe: a full pipe would stop the server
+        server = subprocess.Popen([*command, "emr", "server", "start", f"--port={port}",
+                                   "--cloud=local"], stdout=output, stderr=output,
+                                  env={**os.environ, "CLOUDMESH_CONFIG_DIR": str(cm.folder)})
+    try:
+        deadline = time.monotonic() + 60
+        while f"at {base}/" not in log.read_text():
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        run = subprocess.run(
+            [str(Path(sys.executable).parent / "schemathesis"), "run", f"{base}/openapi.json",
+             "--checks", "all", "--exclude-checks", "use_after_free", "--max-examples", "15",
+             "--seed", "8", "--generation-deterministic", "--no-color", "--workers", "1",
+             "--request-timeout", "60"],
+            capture_output=True, text=True, timeout=600, cwd=tmp_path)  # its cache goes there
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    report = run.stdout + run.stderr
+    assert run.returncode == 0, report[-6000:]
+    assert "No issues found" in report or " passed" in report, report[-3000:]
+    assert "Traceback" not in log.read_text()

@@ -888,7 +888,6 @@ class Operation:
     media_types: tuple  # the media types its request body may have, the spec's first first
     fields: tuple  # the properties of its JSON or form body
     vocabularies: tuple = ()  # (query parameter, vocabulary kind) of its word filters
-    refusals: tuple = ()  # what its body's ``not`` schemas refuse, in words (x-refusal)
 
 
 def spec_operations(spec):
@@ -909,17 +908,15 @@ def spec_operations(spec):
                 continue
             parameters = [resolve(p) for p in item.get("parameters", []) + op.get("parameters", [])]
             content = resolve(op.get("requestBody", {})).get("content", {})
-            fields, refusals = [], []
+            fields = []
             for media in content.values():
                 schema = resolve(media.get("schema", {}))
-                fields.extend(f for f in schema.get("properties", {}) if f not in fields)
-                if "x-refusal" in schema:
-                    refusals.append(schema["x-refusal"])
+                for one in [schema, *(resolve(s) for s in schema.get("oneOf", []))]:
+                    fields.extend(f for f in one.get("properties", {}) if f not in fields)
             table[op["operationId"]] = Operation(
                 method.upper(), path, tuple(p["name"] for p in parameters if p["in"] == "query"),
                 tuple(content), tuple(fields),
-                tuple((p["name"], p["x-vocabulary"]) for p in parameters if "x-vocabulary" in p),
-                tuple(refusals))
+                tuple((p["name"], p["x-vocabulary"]) for p in parameters if "x-vocabulary" in p))
     return table
 
 
@@ -1008,14 +1005,69 @@ class OperationGuard:
     @staticmethod
     def _detail(operation, detail):
         detail = detail.split("\n\n")[0]  # jsonschema adds the whole schema after a blank line
-        if "should not be valid under" in detail and operation.refusals:
-            return "; ".join(operation.refusals)  # jsonschema would repeat the schema
         if detail.startswith("Extra query"):
             names = ", ".join(operation.query) or "none"
             detail += f"; the query parameters of {operation.method} {operation.path}: {names}"
         elif detail.startswith("Extra formData") or "Additional properties" in detail:
             detail += f"; the fields of the request body: {', '.join(operation.fields)}"
         return detail
+
+
+def one_of_detail(error, body):
+    """What is wrong with a JSON ``body`` that fits none of the alternatives of a
+    ``oneOf`` with a discriminator, in the words of the alternative it names (jsonschema
+    says only that it fits none); None for any other error."""
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    name = (schema.get("discriminator") or {}).get("propertyName")
+    if error.validator != "oneOf" or not name or not isinstance(body, dict):
+        return None
+    noun = schema.get("x-noun", "body")
+    choices = schema["oneOf"]
+    kinds = [(c.get("properties", {}).get(name, {}).get("enum") or [None])[0] for c in choices]
+    given = body.get(name)
+    if given not in kinds:
+        shown = f"'{given}' is not" if name in body else "missing; it is"
+        return f"{name}: {shown} one of {', '.join(map(str, kinds))}"
+    index = kinds.index(given)
+    fields = [f for f in choices[index].get("properties", {}) if f != name]
+    extra = [f for f in body if f != name and f not in fields]
+    if extra:
+        takes = [k for k, c in zip(kinds, choices) if extra[0] in c.get("properties", {})]
+        return (f"{extra[0]}: a {given} {noun} takes no {extra[0]}"
+                + (f"; {extra[0]} is for type {' or '.join(takes)}" if takes else "")
+                + f"; the fields of a {given} {noun}: {', '.join(fields)}")
+    import jsonschema
+    from connexion.json_schema import format_error_with_path
+
+    errors = [e for e in error.context if list(e.relative_schema_path)[:1] == [index]]
+    if not errors:
+        return None
+    best = jsonschema.exceptions.best_match(errors)
+    return f"{best.message}{format_error_with_path(exception=best)}"
+
+
+def _body_validators():
+    """connexion's validators, with JSON bodies that say which field of a ``oneOf``
+    alternative is wrong (see one_of_detail)."""
+    from connexion.datastructures import MediaTypeDict
+    from connexion.exceptions import BadRequestProblem
+    from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator
+    from jsonschema import ValidationError
+
+    class OneOfBodyValidator(JSONRequestBodyValidator):
+        def _validate(self, body):
+            try:
+                return super()._validate(body)
+            except BadRequestProblem:
+                try:
+                    self._validator.validate(body)
+                except ValidationError as error:
+                    detail = one_of_detail(error, body)
+                    if detail:
+                        raise BadRequestProblem(detail=detail) from None
+                raise
+
+    return {"body": MediaTypeDict({**VALIDATOR_MAP["body"], "*/*json": OneOfBodyValidator})}
 
 
 class TerminatedInput:
@@ -1085,6 +1137,7 @@ def create_app(cloud=None, token=None, settings=None, host="127.0.0.1", port=808
                                             spec_path="/openapi.json"),
     )
     app.add_api(spec, strict_validation=True, validate_responses=False,  # see conform()
+                validator_map=_body_validators(),
                 security_map=_security_map(token) if token else None)
     from connexion.exceptions import (
         BadRequestProblem, NonConformingResponse, OAuthProblem, UnsupportedMediaTypeProblem,
