@@ -386,6 +386,10 @@ class Provider:
             return NotFound(f"cannot {what}: {message or code}")
         if code == "InvalidRequestException" and "not valid" in message:
             return NotFound(f"cannot {what}: {message} (see 'cms emr list clusters')")
+        if code == "ValidationException" and "may not be modified" in message:
+            # the cluster began to end after we looked: what the state check says, late
+            return Conflict(f"cannot {what}: {message} (start a new one with "
+                            "'cms emr start NAME')")
         return AwsError(f"cannot {what}: {code}: {message}")
 
     def _record(self, kind, records, cluster=None):
