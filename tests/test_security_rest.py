@@ -343,7 +343,7 @@ def test_the_service_log_cuts_credentials_from_tracebacks_too(client, monkeypatc
     from cloudmesh.emr.api import server
     from cloudmesh.emr.api.provider import Provider
 
-    def broken(self, status=None):
+    def broken(self, status=None, **query):
         raise RuntimeError(f"cannot reach http://admin:{SECRET}@127.0.0.1:1/")
 
     monkeypatch.setattr(Provider, "list_clusters", broken)

@@ -1082,7 +1082,7 @@ def test_the_served_sharing_time_comes_from_cloudmesh_yaml(cm):
 # be a 400 there, so schemathesis's positive_data_acceptance (ST202) is left out for them
 # alone; every other check still runs on them.
 VALUE_RULES = ("list_clusters", "cluster_metrics", "modify_cluster", "start_cluster",
-               "add_task_group")
+               "add_task_group", "reap", "doctor")
 
 
 def test_schemathesis_run_checks_all_on_the_emulator_finds_nothing_but_st301(cm, tmp_path):

@@ -344,6 +344,7 @@ class Provider:
     def _aws(self, what):
         """Turn botocore's exceptions into our errors, each with what to do about it."""
         import botocore.exceptions as bx
+        from botocore.parsers import ResponseParserError
 
         try:
             yield
@@ -372,6 +373,9 @@ class Provider:
             raise self._client_error(error, what) from None
         except bx.BotoCoreError as error:
             raise AwsError(f"cannot {what}: {error}") from None
+        except ResponseParserError:  # not a BotoCoreError: an answer botocore cannot read
+            raise AwsError(f"cannot {what}: the endpoint's answer could not be read "
+                           "(not the XML or JSON of AWS)") from None
         except NotImplementedError:  # an emulator (moto in this process) without the operation
             raise AwsError(f"cannot {what}: the endpoint does not implement it") from None
 
