@@ -510,7 +510,11 @@ class EmrCommand(PluginCommand):
             node=a["--node"], count=a["--count"], key=a["--key"], subnet=a["--subnet"],
             loguri=a["--loguri"])
         say(printer.render(records, "doctor", fmt))
-        return 1 if any(r["Status"] == "FAIL" for r in records) else 0
+        failed = [r["Check"] for r in records if r["Status"] == "FAIL"]
+        if failed:  # the exit 1 of a failed operation comes with its one ERROR line
+            warn(f"ERROR: {len(failed)} of {len(records)} checks failed "
+                 f"({shorten(', '.join(failed), 120)}); see the rows marked FAIL")
+        return 1 if failed else 0
 
     def _history(self, a, provider, fmt):
         from cloudmesh.emr import printer
