@@ -9,7 +9,7 @@ same kind of error: a UsageError that names the option and the value.
 import datetime
 import re
 
-from cloudmesh.emr.errors import UsageError
+from cloudmesh.emr.errors import UsageError, shorten
 
 # unit -> seconds; a plain number is seconds
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -19,9 +19,8 @@ MOST_ECHOED = 60  # characters of a bad value shown back in the error
 
 
 def shown(value):
-    """``value`` as an error message may echo it: short, on one line."""
-    text = " ".join(str(value).split())
-    return text if len(text) <= MOST_ECHOED else text[: MOST_ECHOED - 3] + "..."
+    """``value`` as an option's error message may echo it: errors.shorten, kept shorter."""
+    return shorten(value, MOST_ECHOED)
 
 
 def seconds(value, option, minimum=None, maximum=None):

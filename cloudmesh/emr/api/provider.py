@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 from cloudmesh.emr.api import vocabulary
 from cloudmesh.emr.config import Settings
+from cloudmesh.emr.durations import shown
 from cloudmesh.emr.errors import (
     AwsError, Conflict, DatabaseError, EmrError, NotFound, NotOffered, UsageError, shorten,
     undecodable,
@@ -1357,7 +1358,7 @@ class Provider:
         check_cluster_id(cluster_id)
         word = str(until or "running").strip().lower()
         if word not in waiting.UNTIL:
-            raise UsageError(f"--until: '{durations.shown(until)}' is not a state to wait "
+            raise UsageError(f"--until: '{shown(until)}' is not a state to wait "
                              f"for; use one of: {', '.join(waiting.UNTIL)}")
         delay, timeout = self._wait_times(delay, timeout)
 
@@ -2150,12 +2151,6 @@ class Provider:
         return cost.spot_price(history, when)
 
 
-
-
-def shown(value):
-    from cloudmesh.emr.durations import shown as short
-
-    return short(value)
 
 
 def step_name(name, default):
