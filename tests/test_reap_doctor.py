@@ -171,6 +171,16 @@ def test_rest_reap_and_cost(client, emr, cm, five):
     assert state(emr, five["healthy"]) == "WAITING"
 
 
+@pytest.mark.parametrize("query", ["dry_run=false&bogus=1", "dry_run=maybe", "dry_run=",
+                                   "idle=soon"])
+def test_rest_reap_refuses_unknown_and_mistyped_parameters_and_ends_nothing(client, emr, five,
+                                                                             query):
+    answer = client.post(f"/reap?{query}")
+    assert answer.status_code == 400, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert state(emr, five["expired"]) == "WAITING"
+
+
 # ---- doctor, against the emulator (which starts without EMR's default roles) ---------------
 
 @pytest.fixture

@@ -963,6 +963,15 @@ def test_server_start_refuses_a_bad_or_busy_port(cms, cm):
 # ---- property-based: schemathesis over the whole spec -----------------------------------------
 
 
+# Operations whose negative cases schemathesis can lose in serialising them: POST /reap
+# takes only optional query parameters, and a mutated one can reach the service as a valid
+# `?dry_run=false` (schemathesis then reports "Schema-violating request accepted" with no
+# invalid component left). The service does refuse unknown and mistyped parameters there
+# (tests/test_security_rest.py, and the --checks all run on the emulator below checks
+# negative data of every operation); here the check would only test schemathesis.
+LOST_NEGATIVES = {"POST /reap"}
+
+
 def test_schemathesis_finds_no_server_error_and_no_nonconforming_answer(emr, s3, cm):
     import schemathesis
     from hypothesis import HealthCheck, given, settings
@@ -1008,7 +1017,8 @@ def test_schemathesis_finds_no_server_error_and_no_nonconforming_answer(emr, s3,
         operation = result.ok()
         for mode in modes:
             positive = mode == schemathesis.GenerationMode.POSITIVE
-            mode_checks = checks if positive else checks + [negative_data_rejection]
+            mode_checks = (checks if positive or operation.label in LOST_NEGATIVES
+                           else checks + [negative_data_rejection])
 
             @given(case=operation.as_strategy(generation_mode=mode))
             @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
