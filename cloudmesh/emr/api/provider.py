@@ -137,6 +137,8 @@ def answer_lost(error):
 def utc(value):
     """Records with every datetime turned into a timezone-aware UTC datetime."""
     if isinstance(value, datetime.datetime):
+        if value.tzinfo is datetime.timezone.utc:  # as utc_timestamp parses them
+            return value
         if value.tzinfo is None:
             value = value.replace(tzinfo=datetime.timezone.utc)
         return value.astimezone(datetime.timezone.utc)
@@ -198,16 +200,36 @@ def check_bucket(bucket, key):
     return f"s3://{bucket}/{key}"
 
 
+def utc_timestamp(value):
+    """botocore's timestamp parser, answering in UTC.
+
+    botocore's own gives each timestamp a new dateutil ``tzlocal()`` (about 25 us and
+    half a kilobyte each: a listing of 5,000 clusters parses 10,000 of them), which
+    ``utc`` then converts again. The same instant, straight in UTC; what is not an epoch
+    number (the ISO-8601 text of XML answers) goes through botocore's parser."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return datetime.datetime.fromtimestamp(value, datetime.timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            pass
+    from botocore.utils import parse_timestamp
+
+    return utc(parse_timestamp(value))
+
+
 _LOADER = []
 
 
 def botocore_session():
     """A botocore session whose loader of service models is the process's one: models
     are read once however many Providers are made (the REST service makes one per
-    request), while credentials and settings are each session's own."""
+    request), while credentials and settings are each session's own. Its answers'
+    timestamps are parsed in UTC (utc_timestamp)."""
     import botocore.session
 
     session = botocore.session.get_session()
+    session.get_component("response_parser_factory").set_parser_defaults(
+        timestamp_parser=utc_timestamp)
     if _LOADER:
         session.register_component("data_loader", _LOADER[0])
     else:
