@@ -28,6 +28,7 @@ KINDS = ("cluster", "instance", "step", "action", "group", "metric")
 DUPLICATE_KEY = 11000
 INT64 = (-(2 ** 63), 2 ** 63 - 1)
 TIMEOUT_MS = 3000
+LEAVES = (float, bool, type(None), datetime.datetime)  # kinds BSON always takes as they are
 IN_QUERY_IDS = 64  # more ids than this are looked up in one pass over the collection
 WRITE_BATCH = 500  # upserts per bulk write
 RETRY_AFTER = 10.0  # seconds an unreachable database is not asked again (one command's span)
@@ -60,6 +61,20 @@ def by_ids(collection, ids, projection=None):
     query = {"_id": {"$in": ids}} if len(ids) <= IN_QUERY_IDS else {}
     return {doc["_id"]: doc for doc in collection.find(query, projection)
             if doc["_id"] in wanted}
+
+
+def stored_digests(collection, ids):
+    """{_id: cm.hash (None if it has none)} of the documents with these ids, read as
+    by_ids reads them, keeping only the digests."""
+    if not ids:
+        return {}
+    wanted = set(ids)
+    query = {"_id": {"$in": ids}} if len(ids) <= IN_QUERY_IDS else {}
+    found = {}
+    for doc in collection.find(query, {"cm.hash": 1}):
+        if doc["_id"] in wanted:
+            found[doc["_id"]] = (doc.get("cm") or {}).get("hash")
+    return found
 
 
 def import_pymongo():
@@ -149,6 +164,38 @@ def _storable_name(key):
     return fixed, fixed != key
 
 
+def _utf8(text):
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _clean(value):
+    """Whether BSON and MongoDB take ``value`` as it is: what ``storable`` would leave
+    alone. The common leaves (plain text, datetimes, numbers) are checked without a call."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if type(key) is not str or _storable_name(key)[1]:
+                return False
+            kind = type(item)
+            if kind is str:
+                if not item.isascii() and not _utf8(item):
+                    return False
+            elif kind in (dict, list, tuple, int) or kind not in LEAVES:
+                if not _clean(item):
+                    return False
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_clean(item) for item in value)
+    if isinstance(value, str):
+        return value.isascii() or _utf8(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return INT64[0] <= value <= INT64[1]
+    return True
+
+
 def storable(record):
     """``record`` with what BSON cannot hold escaped, and the paths of what was.
 
@@ -156,7 +203,10 @@ def storable(record):
     escape); BSON holds only UTF-8. Such text is kept with backslash escapes
     (``caf\\udce9``); field names that MongoDB refuses (NUL, a leading $) are escaped
     the same way; integers beyond 64 bits become their decimal text.
+    A record with nothing to escape (nearly all) is returned as it is, not copied.
     """
+    if _clean(record):
+        return record, []
     escaped = []
 
     def walk(value, path):
@@ -509,21 +559,28 @@ class Database:
             raise Rejected(str(error)) from None
 
     @staticmethod
-    def documents(cloud, kind, records, cluster):
-        """{_id: (record, body, cm fields, escaped paths, digest)} of ``records``; of two
-        records with one Id the last wins."""
+    def stored_form(cloud, kind, given, cluster):
+        """(_id, body, cm fields, escaped paths) of one record as its document holds it."""
+        record, escaped = storable(given)
+        ident = record["Id"]
+        cm = {
+            "cloud": cloud, "kind": kind, "id": ident,
+            "name": record.get("Name") or record.get("Action") or ident,
+            "cluster": cluster or record.get("ClusterId") or (ident if kind == "cluster" else None),
+        }
+        if "_id" in record or "cm" in record:
+            record = {key: value for key, value in record.items() if key not in ("_id", "cm")}
+        return document_id(cloud, kind, ident), record, cm, escaped
+
+    @classmethod
+    def documents(cls, cloud, kind, records, cluster):
+        """{_id: (record, digest)} of ``records``; of two records with one Id the last
+        wins. Only the digest is kept of each stored form: the few records that changed
+        are made into documents again when they are written."""
         documents = {}
         for given in records:
-            record, escaped = storable(given)
-            ident = record["Id"]
-            cm = {
-                "cloud": cloud, "kind": kind, "id": ident,
-                "name": record.get("Name") or record.get("Action") or ident,
-                "cluster": cluster or record.get("ClusterId") or (ident if kind == "cluster" else None),
-            }
-            body = {key: value for key, value in record.items() if key not in ("_id", "cm")}
-            documents[document_id(cloud, kind, ident)] = (
-                given, body, cm, escaped, digest(body, {**cm, "escaped": escaped}))
+            key, body, cm, escaped = cls.stored_form(cloud, kind, given, cluster)
+            documents[key] = (given, digest(body, {**cm, "escaped": escaped}))
         return documents
 
     @staticmethod
@@ -562,15 +619,18 @@ class Database:
         documents = self.documents(cloud, kind, records, cluster)
         with self._guard():
             collection = self.collection(cloud, kind)
-            stored = {key: (doc.get("cm") or {}).get("hash")
-                      for key, doc in by_ids(collection, list(documents), {"cm.hash": 1}).items()}
-            changed = [key for key, item in documents.items()
-                       if key not in stored or stored[key] != item[-1]]
+            stored = stored_digests(collection, list(documents))
+            changed = [key for key, (_, hashed) in documents.items()
+                       if stored.get(key, False) != hashed]
             if not changed:
                 return []
             previous = by_ids(collection, [key for key in changed if key in stored])
-            operations = [self.operation(key, *documents[key][1:], stamp, previous.get(key),
-                                         replay=replay) for key in changed]
+            operations = []
+            for key in changed:
+                given, hashed = documents[key]
+                _, body, cm, escaped = self.stored_form(cloud, kind, given, cluster)
+                operations.append(self.operation(key, body, cm, escaped, hashed, stamp,
+                                                 previous.get(key), replay=replay))
             try:  # in pieces: each answers well within the timeouts, even on a busy server
                 for start in range(0, len(operations), WRITE_BATCH):
                     collection.bulk_write(operations[start:start + WRITE_BATCH], ordered=False)
