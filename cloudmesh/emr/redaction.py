@@ -47,13 +47,14 @@ def mask(value):
     returns it."""
     if isinstance(value, list):
         for item in value:
-            mask(item)
+            if isinstance(item, (dict, list)):
+                mask(item)
     elif isinstance(value, dict):
         for key, item in value.items():
             if key == "Properties" and isinstance(item, dict):
                 for name in item:
                     if SECRET_NAME.search(str(name)):
                         item[name] = MASK
-            else:
+            elif isinstance(item, (dict, list)):  # text, numbers, times hold no property
                 mask(item)
     return value

@@ -149,6 +149,25 @@ def utc(value):
     return value
 
 
+def utc_in_place(value):
+    """``utc`` of records this process made (a listing's parsed answers), converted where
+    they are instead of copied: a listing of 5,000 clusters holds one set of records."""
+    if isinstance(value, dict):
+        value.pop("ResponseMetadata", None)
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return utc(value)
+    for key, item in items:
+        if isinstance(item, datetime.datetime):
+            if item.tzinfo is not datetime.timezone.utc:
+                value[key] = utc(item)
+        elif isinstance(item, (dict, list)):
+            utc_in_place(item)
+    return value
+
+
 def now():
     return datetime.datetime.now(datetime.timezone.utc)
 
@@ -498,7 +517,7 @@ class Provider:
         clusters = self._pages("list_clusters", "Clusters", "list clusters", **query)
         if states:  # some endpoints ignore the filter: check it here too
             clusters = [c for c in clusters if c["Status"]["State"] in states]
-        clusters = utc(clusters)
+        clusters = utc_in_place(clusters)
         if after:
             clusters = [c for c in clusters if created(c) >= after]
         if before:
