@@ -9,7 +9,11 @@ AWSCLI_VENV ?= .venv-awscli
 
 .PHONY: install awscli test demo bench conformance clean
 
+# our modules compiled ahead (only what changed), as pip compiles what it installs into
+# site-packages: a command does not compile them again at each start, even where
+# PYTHONDONTWRITEBYTECODE is set
 install: $(VENV)/.installed
+	$(BIN)/python -m compileall -q cloudmesh
 
 $(VENV)/.installed: setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -55,12 +55,14 @@ def s3_client():
 
 
 def main():
+    from cloudmesh.emr import agent
     from cloudmesh.emr.database import Database
     from cloudmesh.emr.local import control
 
     started = time.monotonic()
     db_was_running = Database().server is not None and Database().server.running() is not None
     emulator_was_running = control.endpoint() is not None
+    agent_was_running = agent.supported() and agent.status() is not None
     cluster = None
     try:
         say("the embedded database records every result; the emulator speaks the EMR and S3 APIs")
@@ -132,6 +134,8 @@ def main():
             cms("emr", "local", "stop", "--force", check=False)
         if not db_was_running:
             cms("emr", "db", "stop", check=False)
+        if not agent_was_running:  # the agent the demo's first command started
+            cms("emr", "agent", "stop", check=False)
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s", flush=True)
 
 

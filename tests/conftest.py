@@ -26,9 +26,12 @@ AWS_ENVIRONMENT = ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE",
 def _no_user_state(tmp_path_factory):
     """Keep the user's ~/.cloudmesh and ~/.aws out of every test."""
     home = tmp_path_factory.mktemp("home")
-    saved = {k: os.environ.get(k) for k in ("HOME", "CLOUDMESH_CONFIG_DIR", *AWS_ENVIRONMENT)}
+    saved = {k: os.environ.get(k) for k in ("HOME", "CLOUDMESH_CONFIG_DIR",
+                                             "CLOUDMESH_EMR_AGENT", *AWS_ENVIRONMENT)}
     os.environ["HOME"] = str(home)
     os.environ["CLOUDMESH_CONFIG_DIR"] = str(home / ".cloudmesh")
+    # no test leaves an agent behind: tests/test_agent.py turns it on, for itself only
+    os.environ["CLOUDMESH_EMR_AGENT"] = "off"
     for key in AWS_ENVIRONMENT:
         os.environ.pop(key, None)
     yield

@@ -2,6 +2,10 @@
 
 It runs ``emr``, ``help`` and ``version`` itself, so the plugin works without the
 rest of cloudmesh; where cloudmesh-cmd5 is installed, every other command goes to it.
+
+An ``emr`` command goes to this user's agent first (cloudmesh/emr/agent.py), which runs
+it in a warm process; when no agent takes it, it runs here, and an agent is started in
+the background for the commands that follow (unless the agent is off).
 """
 
 import sys
@@ -19,6 +23,31 @@ def _cmd5_main():
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    from cloudmesh.emr import agent
+
+    outcome = agent.run(argv)
+    if outcome.code is not None:
+        return outcome.code
+    code = run_here(argv)
+    if outcome.start:
+        _start_agent()
+    return code
+
+
+def _start_agent():
+    """Start an agent in the background when it is on; never a reason for this command
+    to fail (a broken cloudmesh.yaml is the command's to report, and it has)."""
+    from cloudmesh.emr import agent
+
+    try:
+        if agent.enabled():
+            agent.start_detached()
+    except Exception:  # noqa: BLE001  a setting the command itself reported, or an OS refusal
+        pass
+
+
+def run_here(argv):
+    """Run ``cms ARGV`` in this process; the exit code."""
     from cloudmesh.emr.command.emr import EmrCommand, say
 
     if not argv or argv[0] in ("help", "-h", "--help"):

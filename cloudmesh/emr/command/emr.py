@@ -136,6 +136,7 @@ class EmrCommand(PluginCommand):
           emr local stop [--force]
           emr local env [--format=FORMAT]
           emr server start [--host=HOST] [--port=PORT] [--cloud=CLOUD]
+          emr agent (start|stop|status) [--format=FORMAT]
           emr -h | --help
           emr --version
 
@@ -238,7 +239,10 @@ class EmrCommand(PluginCommand):
           (2026-11-01, 2026-11-01T08:00Z) or an age (90m, 2d). wait shows the
           state on stderr while it waits. Exit codes: 0 success, 1 the
           operation failed (wait: the cluster ended or a step failed), 2 bad
-          input.
+          input. Commands run in a warm per-user agent when one is running
+          (started by the first command; it ends after 15m idle); agent
+          start, stop and status control it, CLOUDMESH_EMR_AGENT=off or
+          cloudmesh.emr.agent: off in cloudmesh.yaml turns it off.
         """
         if arguments is None:  # the cloudmesh shell hands over the rest of the line
             import shlex
@@ -333,7 +337,8 @@ class EmrCommand(PluginCommand):
             fmt = "config"
         else:
             fmt = printer.check_format(wanted)
-        for word, handler in (("db", self._db), ("local", self._local), ("server", self._server)):
+        for word, handler in (("db", self._db), ("local", self._local), ("server", self._server),
+                              ("agent", self._agent)):
             if a.get(word):
                 return handler(a, fmt)
 
@@ -782,3 +787,55 @@ class EmrCommand(PluginCommand):
                 "label 1 to 63 characters)"
             ) from None
         return server.serve(host=host, port=port, cloud=a["--cloud"])
+
+    def _agent(self, a, fmt):
+        """agent start|stop|status: the warm process that runs commands (agent.py)."""
+        import datetime
+
+        from cloudmesh.emr import agent, printer
+        from cloudmesh.emr.config import Settings
+
+        def when(seconds):
+            return datetime.datetime.fromtimestamp(int(seconds), datetime.timezone.utc)
+
+        def show(info, line):
+            if a["--format"] is None:
+                say(line)
+            else:
+                say(printer.render_one(info, fmt, [(k, printer.when(v)) for k, v in info.items()]))
+
+        try:
+            if a["start"]:
+                if not agent.supported():
+                    raise UsageError("the agent needs fork and AF_UNIX sockets, which this "
+                                     "platform lacks; commands run by themselves")
+                if agent.off_by_environment():
+                    raise UsageError(f"{agent.ENVIRONMENT} is off: unset it to use the agent")
+                if not agent.enabled(Settings.load()):
+                    raise UsageError("cloudmesh.emr.agent is off in cloudmesh.yaml: remove "
+                                     "that setting to use the agent")
+                answer, fresh = agent.start()
+                verb = "started" if fresh else "already running"
+                info = {"Agent": verb, "Pid": answer["pid"], "Socket": answer["socket"],
+                        "Idle exit": when(answer["exit"])}
+                show(info, f"cms emr agent {verb} (pid {answer['pid']}) at {answer['socket']}")
+            elif a["stop"]:
+                where = agent.paths() if agent.supported() else None
+                pid = agent.stop(where) if where is not None else None
+                info = {"Agent": "stopped" if pid else "not running", "Pid": pid}
+                show(info, f"cms emr agent stopped (pid {pid})" if pid
+                     else "cms emr agent was not running")
+            else:
+                answer = agent.status() if agent.supported() else None
+                if answer is None:
+                    info = {"Agent": "not running", "Enabled": agent.enabled()}
+                else:
+                    info = {"Agent": "running", "Pid": answer["pid"], "Socket": answer["socket"],
+                            "Started": when(answer["started"]),
+                            "Last command": when(answer["last"]),
+                            "Idle exit": when(answer["exit"]),
+                            "Commands": answer["served"], "Running": answer["running"]}
+                say(printer.render_one(info, fmt, [(k, printer.when(v)) for k, v in info.items()]))
+        except agent.AgentError as error:
+            raise EmrError(error.message) from None
+        return 0
