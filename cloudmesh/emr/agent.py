@@ -42,9 +42,10 @@ NAME = "cloudmesh.emr.agent"
 class AgentError(Exception):
     """The agent cannot be used or controlled; ``message`` says why."""
 
-    def __init__(self, message):
+    def __init__(self, message, missing=False):
         super().__init__(message)
         self.message = message
+        self.missing = missing  # the agent's folder is not there (yet)
 
 
 # ---- where: the private folder, the socket, the pid file -------------------------------
@@ -145,7 +146,7 @@ def runtime_folder(environ=None, create=False):
             raise AgentError(f"cannot make {folder} ({error.strerror or error})") from None
     if not _owned_private(folder):
         if not os.path.lexists(folder):
-            raise AgentError(f"{folder} does not exist")
+            raise AgentError(f"{folder} does not exist", missing=True)
         raise AgentError(f"{folder} is not a private folder of this user (it must be a "
                          "folder, not a symlink, owned by you, mode 0700); remove it or "
                          "fix its owner and mode")
@@ -476,9 +477,24 @@ def start_detached(where=None):
                                 start_new_session=True, close_fds=True)
 
 
+def _existing(where):
+    """``where``, or this process's paths; None when their folder is not there (no agent
+    ever ran); AgentError when it is not a private folder of ours."""
+    if where is not None:
+        return where
+    try:
+        return paths()
+    except AgentError as error:
+        if error.missing:
+            return None
+        raise
+
+
 def status(where=None, timeout=5.0):
     """The running agent's own account of itself (a dict), or None when none answers."""
-    where = where or paths()
+    where = _existing(where)
+    if where is None:
+        return None
     try:
         sock = connect(where, timeout=timeout)
     except OSError:
@@ -516,7 +532,9 @@ def find(where=None):
     """(pid file's data, psutil Process) of our running agent, or (data or None, None)."""
     from cloudmesh.emr import processes
 
-    where = where or paths()
+    where = _existing(where)
+    if where is None:
+        return None, None
     data, _ = processes.read_json(where["pid"])
     process = _ours(data.get("pid"), where) if data else None
     return data, process
@@ -551,9 +569,9 @@ def start(where=None):
 def stop(where=None):
     """Stop our agent by its pid (checked to be our agent serving our socket first);
     the pid stopped, or None when none ran."""
-    from cloudmesh.emr import processes
-
-    where = where or paths()
+    where = _existing(where)
+    if where is None:
+        return None
     data, process = find(where)
     if process is None:
         answer = status(where, timeout=2.0)  # the pid file lost: the agent says who it is
@@ -561,6 +579,8 @@ def stop(where=None):
             process = _ours(answer.get("pid"), where)
     if process is None:
         return None
+    from cloudmesh.emr import processes
+
     pids = processes.terminate([process], timeout=10)
     return pids[0] if pids else None
 

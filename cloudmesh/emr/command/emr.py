@@ -820,8 +820,7 @@ class EmrCommand(PluginCommand):
                         "Idle exit": when(answer["exit"])}
                 show(info, f"cms emr agent {verb} (pid {answer['pid']}) at {answer['socket']}")
             elif a["stop"]:
-                where = agent.paths() if agent.supported() else None
-                pid = agent.stop(where) if where is not None else None
+                pid = agent.stop() if agent.supported() else None
                 info = {"Agent": "stopped" if pid else "not running", "Pid": pid}
                 show(info, f"cms emr agent stopped (pid {pid})" if pid
                      else "cms emr agent was not running")
