@@ -70,8 +70,11 @@ def test_collections_are_per_cloud_and_kind(cm):
     database.record("local", "cluster", [cluster_record("j-SAME")])
     database.record("aws", "step", [{"Id": "s-1", "Name": "a step", "ClusterId": "j-SAME"}])
     database.record("aws", "instance", [{"Id": "ci-1", "Ec2InstanceId": "i-1"}], cluster="j-SAME")
-    assert sorted(n for n in cm.db.list_collection_names()) == [
+    assert sorted(n for n in cm.db.list_collection_names() if n != "cm-writes") == [
         "aws-emr-cluster", "aws-emr-instance", "aws-emr-step", "local-emr-cluster"]
+    assert {d["_id"]: (d["began"], d["ended"]) for d in cm.db["cm-writes"].find()} == {
+        name: (1, 1) for name in ("aws-emr-cluster", "aws-emr-instance", "aws-emr-step",
+                                  "local-emr-cluster")}  # each write counted, begun and ended
     assert [d["_id"] for d in cm.docs("local", "cluster")] == ["local/cluster/j-SAME"]
     step, = cm.docs("aws", "step")
     assert step["_id"] == "aws/step/s-1"
@@ -129,6 +132,50 @@ def test_only_what_changed_is_written_and_returned_with_its_previous_state(cm, c
     assert set(stamps.values()) == {T0}
     doc = cm.db["aws-emr-cluster"].find_one({"_id": "aws/cluster/j-SEEN042"})
     assert doc["Status"]["State"] == "TERMINATED" and doc["cm"]["created"] == T0
+
+
+def test_digests_kept_between_listings_never_hide_another_write(cm, clock):
+    """A process keeps the digests of a listing for the next one; a write by another
+    process, or a document deleted by hand, is still seen."""
+    ours, other = Database(Settings.load()), Database(Settings.load())
+    records = [cluster_record(f"j-KEPT{i:03d}", name=f"c{i}") for i in range(100)]
+    assert len(ours.record("aws", "cluster", records)) == 100
+    assert ours.record("aws", "cluster", records) == []
+    clock.tick()
+    other.record("aws", "cluster", [cluster_record("j-KEPT042", "c42", state="TERMINATED")])
+    (record, previous), = ours.record("aws", "cluster", records)  # put back as ours saw it
+    assert record["Id"] == "j-KEPT042" and previous["Status"]["State"] == "TERMINATED"
+    doc = cm.db["aws-emr-cluster"].find_one({"_id": "aws/cluster/j-KEPT042"})
+    assert doc["Status"]["State"] == "WAITING"
+    assert ours.record("aws", "cluster", records) == []
+    cm.db["aws-emr-cluster"].delete_one({"_id": "aws/cluster/j-KEPT007"})
+    (record, previous), = ours.record("aws", "cluster", records)
+    assert record["Id"] == "j-KEPT007" and previous is None
+    assert len(cm.docs("aws", "cluster")) == 100
+    assert ours.record("aws", "cluster", records) == []
+    assert set(modified(cm).values()) == {T0, T0 + datetime.timedelta(minutes=1)}
+
+
+def test_digests_are_not_kept_while_another_write_is_unfinished(cm, clock):
+    """A write begun and not ended (still running, or its process killed) may land after
+    the listing read the digests: none are kept until it ends, or is taken as dead."""
+    ours = Database(Settings.load())
+    records = [cluster_record(f"j-RUN{i:03d}", name=f"c{i}") for i in range(100)]
+    ours.record("aws", "cluster", records)
+    writes = cm.db["cm-writes"]
+    writes.update_one({"_id": "aws-emr-cluster"}, {"$inc": {"began": 1}})  # another's
+    assert ours.record("aws", "cluster", records) == []
+    # that write lands, its state change with it
+    cm.db["aws-emr-cluster"].update_one({"_id": "aws/cluster/j-RUN005"}, {"$set": {
+        "Status.State": "TERMINATED", "cm.hash": "written by the other"}})
+    (record, previous), = ours.record("aws", "cluster", records)
+    assert record["Id"] == "j-RUN005" and previous["Status"]["State"] == "TERMINATED"
+    counts = writes.find_one({"_id": "aws-emr-cluster"})
+    assert counts["began"] == counts["ended"] + 1  # the other one's is still open
+    clock.tick(minutes=database_module.STALE_WRITE / 60 + 1)
+    assert ours.record("aws", "cluster", records) == []
+    counts = writes.find_one({"_id": "aws-emr-cluster"})
+    assert counts["began"] == counts["ended"]  # taken as dead
 
 
 def test_a_field_a_record_no_longer_has_leaves_its_document(cm, clock):

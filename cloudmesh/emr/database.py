@@ -31,6 +31,8 @@ TIMEOUT_MS = 3000
 LEAVES = (float, bool, type(None), datetime.datetime)  # kinds BSON always takes as they are
 IN_QUERY_IDS = 64  # more ids than this are looked up in one pass over the collection
 WRITE_BATCH = 500  # upserts per bulk write
+WRITES = "cm-writes"  # per collection: how many writes began and ended (Database._stored)
+STALE_WRITE = 600.0  # seconds after which a write begun and never ended is taken as dead
 RETRY_AFTER = 10.0  # seconds an unreachable database is not asked again (one command's span)
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 CONFIGURED_TIMEOUTS = re.compile(r"\s*\(configured timeouts:[^)]*\)")  # pymongo's, not the user's
@@ -63,16 +65,16 @@ def by_ids(collection, ids, projection=None):
             if doc["_id"] in wanted}
 
 
-def stored_digests(collection, ids):
+def stored_digests(collection, ids, everything=False):
     """{_id: cm.hash (None if it has none)} of the documents with these ids, read as
-    by_ids reads them, keeping only the digests."""
-    if not ids:
+    by_ids reads them, keeping only the digests; of every document with ``everything``."""
+    if not ids and not everything:
         return {}
     wanted = set(ids)
-    query = {"_id": {"$in": ids}} if len(ids) <= IN_QUERY_IDS else {}
+    query = {"_id": {"$in": ids}} if len(ids) <= IN_QUERY_IDS and not everything else {}
     found = {}
     for doc in collection.find(query, {"cm.hash": 1}):
-        if doc["_id"] in wanted:
+        if everything or doc["_id"] in wanted:
             found[doc["_id"]] = (doc.get("cm") or {}).get("hash")
     return found
 
@@ -423,6 +425,7 @@ class Database:
         self.mongo = self.settings.mongo()
         self.server = EmbeddedServer() if self.mongo["MODE"] == "embedded" else None
         self._client = None
+        self._known = {}  # collection name -> ({_id: cm.hash}, writes counted); see _stored
 
     @property
     def name(self):
@@ -609,20 +612,89 @@ class Database:
             where["$or"] = [{"cm.modified": {"$lte": stamp}}, {"cm.modified": None}]
         return UpdateOne(where, update, upsert=True)
 
-    def _write(self, cloud, kind, records, cluster, stamp, replay=False):
-        """Read the stored digests of the records' ids in one query; read the changed
-        ones' documents whole (their previous state); upsert those in one unordered bulk
-        write. Returns [(record, previous document or None)] of what was written."""
-        import_pymongo()
+    def _writes(self):
+        return self.client()[self.name][WRITES]
+
+    def _stored(self, collection, ids):
+        """(stored digests of ``ids``, the digests of the whole collection or None, the
+        count of writes they hold at or None).
+
+        Reading the digests of a few ids is one $in query. Many are one pass over the
+        collection, which costs the server a decoded document each (a third of a second
+        for 5,000 on SecantusDB), so the digests of the whole collection are kept from
+        one listing to the next in this process, and trusted only while no write to the
+        collection has begun since, by this process or any other: each write counts
+        itself in ``cm-writes`` when it begins and when it ends (``_write``). They are
+        kept only when every write begun had ended before the pass (a write still
+        running may land after it), and only while the collection holds as many
+        documents (one deleted by hand is written again). A write begun and never ended
+        (its process killed) stops the keeping until it is STALE_WRITE seconds old."""
+        name = collection.name
+        known = self._known.pop(name, None)
+        if len(ids) <= IN_QUERY_IDS:
+            stored = stored_digests(collection, ids)
+            return (stored, *known) if known else (stored, None, None)
+        writes = self._writes()
+        counts = writes.find_one({"_id": name}) or self._counted(
+            name, {"$setOnInsert": {"began": 0, "ended": 0, "at": now()}})
+        began, ended = counts.get("began"), counts.get("ended")
+        if not (type(began) is int and type(ended) is int):  # not counted by us: no keeping
+            return stored_digests(collection, ids), None, None
+        if (known and began == ended == known[1] and
+                collection.estimated_document_count() == len(known[0])):
+            digests = known[0]
+            return {key: digests[key] for key in ids if key in digests}, digests, began
+        if began != ended:
+            at = counts.get("at")
+            if isinstance(at, datetime.datetime) and \
+                    (now() - at).total_seconds() < STALE_WRITE:
+                return stored_digests(collection, ids), None, None
+            done = writes.update_one({"_id": name, "began": began, "ended": ended},
+                                     {"$set": {"ended": began}})
+            if not done.modified_count:
+                return stored_digests(collection, ids), None, None
+        digests = stored_digests(collection, ids, everything=True)
+        return digests, digests, began
+
+    def _counted(self, name, update):
+        """``update`` the counts of collection ``name`` (made if missing); the counts after.
+        Two processes making the same one at once: one of them meets the other's."""
         import pymongo.errors
 
+        for attempt in (1, 2):
+            try:
+                return self._writes().find_one_and_update(
+                    {"_id": name}, update, upsert=True, return_document=True) or {}
+            except pymongo.errors.DuplicateKeyError:
+                if attempt == 2:
+                    raise
+        return {}
+
+    def _count_write(self, name, field):
+        """Count a write to collection ``name`` as begun or ended: (began, ended) after."""
+        if field == "ended":  # counted where it began; a counter deleted since stays so
+            counts = self._writes().find_one_and_update(
+                {"_id": name}, {"$inc": {"ended": 1}}, return_document=True) or {}
+        else:
+            counts = self._counted(name, {"$inc": {"began": 1}, "$set": {"at": now()},
+                                          "$setOnInsert": {"ended": 0}})
+        return counts.get("began"), counts.get("ended")
+
+    def _write(self, cloud, kind, records, cluster, stamp, replay=False):
+        """Read the stored digests of the records' ids (``_stored``); read the changed
+        ones' documents whole (their previous state); upsert those in unordered bulk
+        writes, counted in ``cm-writes`` as begun before and ended after. Returns
+        [(record, previous document or None)] of what was written."""
         documents = self.documents(cloud, kind, records, cluster)
         with self._guard():
             collection = self.collection(cloud, kind)
-            stored = stored_digests(collection, list(documents))
+            name = collection.name
+            stored, digests, count = self._stored(collection, list(documents))
             changed = [key for key, (_, hashed) in documents.items()
                        if stored.get(key, False) != hashed]
             if not changed:
+                if digests is not None:
+                    self._known[name] = (digests, count)
                 return []
             previous = by_ids(collection, [key for key in changed if key in stored])
             operations = []
@@ -631,20 +703,42 @@ class Database:
                 _, body, cm, escaped = self.stored_form(cloud, kind, given, cluster)
                 operations.append(self.operation(key, body, cm, escaped, hashed, stamp,
                                                  previous.get(key), replay=replay))
-            try:  # in pieces: each answers well within the timeouts, even on a busy server
-                for start in range(0, len(operations), WRITE_BATCH):
-                    collection.bulk_write(operations[start:start + WRITE_BATCH], ordered=False)
-            except pymongo.errors.BulkWriteError as error:
-                errors = error.details.get("writeErrors") or []
-                if replay and all(e.get("code") == DUPLICATE_KEY for e in errors):
-                    return []  # newer documents kept: what a replay should do
-                where, reason = self._reason(errors[0].get("errmsg") if errors else error)
-                refused = DatabaseError(
-                    f"the database at {where} refused {len(errors)} of {len(operations)} "
-                    f"records ({reason})")
-                refused.refused = True
-                raise refused from None
+            began = self._count_write(name, "began")
+            try:
+                kept_newer = self._bulk(collection, operations, replay)
+            except BaseException:
+                try:
+                    self._count_write(name, "ended")
+                except Exception:  # noqa: BLE001  the first error is the one to tell
+                    pass
+                raise
+            ended = self._count_write(name, "ended")
+            if kept_newer:
+                return []  # newer documents kept: what a replay should do
+            if digests is not None and began == (count + 1, count) and \
+                    ended == (count + 1, count + 1):  # no other write since the digests
+                digests = {**digests, **{key: documents[key][1] for key in changed}}
+                self._known[name] = (digests, count + 1)
         return [(documents[key][0], previous.get(key)) for key in changed]
+
+    def _bulk(self, collection, operations, replay):
+        """Write the upserts; True when a replay met only newer documents (kept)."""
+        import pymongo.errors
+
+        try:  # in pieces: each answers well within the timeouts, even on a busy server
+            for start in range(0, len(operations), WRITE_BATCH):
+                collection.bulk_write(operations[start:start + WRITE_BATCH], ordered=False)
+        except pymongo.errors.BulkWriteError as error:
+            errors = error.details.get("writeErrors") or []
+            if replay and all(e.get("code") == DUPLICATE_KEY for e in errors):
+                return True
+            where, reason = self._reason(errors[0].get("errmsg") if errors else error)
+            refused = DatabaseError(
+                f"the database at {where} refused {len(errors)} of {len(operations)} "
+                f"records ({reason})")
+            refused.refused = True
+            raise refused from None
+        return False
 
     def find(self, cloud, kind, query=None):
         with self._guard():
