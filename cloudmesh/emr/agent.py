@@ -35,6 +35,7 @@ DEFAULT_IDLE = 900  # seconds without a command before the agent ends itself
 PROTOCOL = 1
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on the BSDs and macOS
 REQUEST_TIMEOUT = 5.0  # seconds a client has to send its whole request
+FIRST_ANSWER = 10.0  # seconds a client waits for the agent to take its command
 START_TIMEOUT = 60.0  # `cms emr agent start` waits this long for the agent to answer
 NAME = "cloudmesh.emr.agent"
 
@@ -323,15 +324,20 @@ def run(argv):
     try:
         _send(sock, request, fds=(0, 1, 2))
         reader = Reader(sock)
+        sock.settimeout(FIRST_ANSWER)  # a stopped or stuck agent: run it here instead
         first = reader.next()
+        if not isinstance(first, dict) or not isinstance(first.get("pid"), int):
+            sock.close()
+            why = first.get("declined", "") if isinstance(first, dict) else ""
+            # an agent of other code, or one that was switched off, ends itself: start afresh
+            return Outcome(start=why == "stale", why=f"declined: {why or 'closed'}")
+        sock.settimeout(None)
+        # the child runs the command only once it has this; a child that never gets it
+        # (we gave up, or this send fails) ends without running anything
+        _line(sock, {"go": True})
     except (OSError, ValueError):
         sock.close()
         return Outcome(start=True, why="request not taken")
-    if not isinstance(first, dict) or not isinstance(first.get("pid"), int):
-        sock.close()
-        why = first.get("declined", "") if isinstance(first, dict) else ""
-        # an agent of other code, or one that was switched off, ends itself: start afresh
-        return Outcome(start=why == "stale", why=f"declined: {why or 'closed'}")
     # from here on the command is the child's: it is never run here as well
     return Outcome(code=_follow(sock, reader, first["pid"]), why="agent")
 
@@ -907,10 +913,13 @@ def child(agent, conn, fds, request):
         agent.listener.close()
         if agent.lock is not None:
             os.close(agent.lock)
-        try:
+        try:  # the command is ours only once the client has our pid and says go
             _line(conn, {"pid": os.getpid()})
-        except OSError:  # the client is gone: it will not run the command; nor do we
-            os._exit(1)
+            go = Reader(conn).next()
+        except (OSError, ValueError):
+            go = None
+        if not isinstance(go, dict) or not go.get("go"):
+            os._exit(1)  # the client gave up waiting and runs it itself; nor do we
         code = _become(conn, fds, request)
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else 0 if done.code is None else 1
