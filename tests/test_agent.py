@@ -360,3 +360,25 @@ def test_a_command_the_agent_took_finishes_after_the_agent_dies(world):
             client.wait()
     assert client.returncode == 0, err
     assert out.splitlines() == [f"{cluster} TERMINATED"]
+
+
+def test_a_client_that_gave_up_waiting_is_not_run_again_by_the_agent(world):
+    """A stopped agent: the client waits its while, then runs the command itself; when the
+    agent goes on and takes the old request, its child does not run it a second time."""
+    import psutil
+
+    cluster = clusters(world.endpoint, 1)[0]
+    s3 = boto(world.endpoint, "s3")
+    s3.create_bucket(Bucket="agent")
+    s3.put_object(Bucket="agent", Key="job.py", Body=b"print(1)\n")
+    agent = psutil.Process(world.start())
+    agent.suspend()
+    try:
+        done = world.cms("run", cluster, "agent", "job.py")  # waits, then runs here
+    finally:
+        agent.resume()
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: served(world) == 1, 30, what="the agent to take the old request")
+    wait_for(lambda: not agent.children(), 30, what="the agent's child to end")
+    steps = boto(world.endpoint, "emr").list_steps(ClusterId=cluster)["Steps"]
+    assert [step["Id"] for step in steps] == done.stdout.split()

@@ -7,16 +7,17 @@ pays those costs once, then forks a child per command (the pattern of ssh's
 ControlPersist and gpg-agent):
 
 - the client (``cms emr ...``, through :func:`run`) connects to an AF_UNIX socket in a
-  private folder, and sends its argv, environment, working folder, umask and its own
-  stdin, stdout and stderr (the descriptors themselves, with SCM_RIGHTS);
+  private folder and sends its argv, environment, working folder and umask;
 - the agent checks that the peer is its own user and that the client runs the same code
-  (:func:`fingerprint`), forks, and the child takes the client's environment, folder and
-  descriptors and runs the command exactly as the client would have (``shell.run_here``);
-- the child first sends its pid (the client forwards SIGINT, SIGTERM and SIGHUP to it),
-  then its exit code, and ends with ``os._exit``.
+  (:func:`fingerprint`), and forks; the child sends its pid, and the client answers
+  "go" with its own stdin, stdout and stderr (the descriptors themselves, SCM_RIGHTS);
+- the child takes the client's environment, folder and descriptors and runs the command
+  exactly as the client would have (``shell.run_here``), sends its exit code and ends
+  with ``os._exit``; meanwhile the client forwards SIGINT, SIGTERM and SIGHUP to it.
 
-The client runs a command itself only when no child ever told it its pid, so a command
-is never run twice. The agent ends itself after an idle time (cloudmesh.emr.agent.idle,
+The client runs a command itself only when it never said go to a child (no agent, or
+none answered within 10 s), and a child runs it only after that go, so a command is
+never run twice. The agent ends itself after an idle time (cloudmesh.emr.agent.idle,
 15 minutes), when its code is not the client's (an upgraded install), when
 cloudmesh.emr.agent is off, or on SIGTERM. ``CLOUDMESH_EMR_AGENT=off`` turns it off.
 
@@ -234,20 +235,13 @@ def _streams():
     return found
 
 
-def _send(sock, message, fds=()):
-    """One message: 4 bytes of length, then JSON; ``fds`` ride along with the first byte."""
+def _send(sock, message):
+    """One request: 4 bytes of length, then JSON."""
     import json
     import struct
 
     body = json.dumps(message).encode()
-    data = struct.pack("!I", len(body)) + body
-    if fds:
-        import socket
-
-        sent = socket.send_fds(sock, [data], list(fds))
-        data = data[sent:]
-    if data:
-        sock.sendall(data)
+    sock.sendall(struct.pack("!I", len(body)) + body)
 
 
 class Reader:
@@ -270,10 +264,17 @@ class Reader:
         return json.loads(line)
 
 
-def _line(sock, message):
+def _line(sock, message, fds=()):
+    """One message as a line of JSON; ``fds`` ride along with its first byte."""
     import json
 
-    sock.sendall(json.dumps(message).encode() + b"\n")
+    data = json.dumps(message).encode() + b"\n"
+    if fds:
+        import socket
+
+        data = data[socket.send_fds(sock, [data], list(fds)):]
+    if data:
+        sock.sendall(data)
 
 
 def connect(where, timeout=None):
@@ -322,7 +323,7 @@ def run(argv):
                "env": dict(os.environ), "cwd": cwd, "umask": umask,
                "fingerprint": fingerprint(), "streams": _streams()}
     try:
-        _send(sock, request, fds=(0, 1, 2))
+        _send(sock, request)
         reader = Reader(sock)
         sock.settimeout(FIRST_ANSWER)  # a stopped or stuck agent: run it here instead
         first = reader.next()
@@ -332,9 +333,10 @@ def run(argv):
             # an agent of other code, or one that was switched off, ends itself: start afresh
             return Outcome(start=why == "stale", why=f"declined: {why or 'closed'}")
         sock.settimeout(None)
-        # the child runs the command only once it has this; a child that never gets it
-        # (we gave up, or this send fails) ends without running anything
-        _line(sock, {"go": True})
+        # the child runs the command only once it has this, with our stdin, stdout and
+        # stderr: a child that never gets it (we gave up, or this send fails) ends without
+        # running anything, and no descriptor of ours waits in a socket nobody reads
+        _line(sock, {"go": True}, fds=(0, 1, 2))
     except (OSError, ValueError):
         sock.close()
         return Outcome(start=True, why="request not taken")
@@ -829,14 +831,13 @@ class Agent:
         import struct
         import time
 
-        fds = []
         try:
             uid = _peer_uid(conn)
             if uid is not None and uid != os.getuid():
                 self.log(f"refused a connection of user {uid}")
                 return None
             conn.settimeout(REQUEST_TIMEOUT)
-            data, fds, _, _ = socket.recv_fds(conn, 65536, 3)
+            data = b""
             while len(data) < 4 or len(data) < 4 + struct.unpack("!I", data[:4])[0]:
                 chunk = conn.recv(65536)
                 if not chunk:
@@ -844,32 +845,26 @@ class Agent:
                 data += chunk
             size = struct.unpack("!I", data[:4])[0]
             request = json.loads(data[4:4 + size])
-            if not isinstance(request, dict) or request.get("protocol") != PROTOCOL:
+            if not isinstance(request, dict):
                 raise ValueError("not our protocol")
         except (OSError, ValueError, struct.error) as error:
-            for fd in fds:
-                os.close(fd)
             self.log(f"dropped a request ({type(error).__name__})")
             return None
         conn.settimeout(None)
         if request.get("status"):
-            for fd in fds:
-                os.close(fd)
             self.read_settings()
             _line(conn, self.describe())
             return None
         self.last = time.monotonic()
         self.read_settings()
         reason = None
-        if request.get("fingerprint") != self.code:
+        if request.get("protocol") != PROTOCOL or request.get("fingerprint") != self.code:
             reason = "stale"
         elif not self.on or off_by_environment(request.get("env") or {}):
             reason = "off"
-        elif len(fds) != 3 or not isinstance(request.get("argv"), list):
+        elif not isinstance(request.get("argv"), list):
             reason = "bad request"
         if reason is not None:
-            for fd in fds:
-                os.close(fd)
             try:
                 _line(conn, {"declined": reason})
             except OSError:
@@ -881,10 +876,8 @@ class Agent:
         self.served += 1
         pid = os.fork()
         if pid == 0:  # the child: never returns
-            child(self, conn, fds, request)
+            child(self, conn, request)
         self.children.add(pid)
-        for fd in fds:  # the client's descriptors are the child's alone now
-            os.close(fd)
         return None
 
     def describe(self):
@@ -899,7 +892,27 @@ class Agent:
                 "package": package_folder(), "config": config_folder(), "on": self.on}
 
 
-def child(agent, conn, fds, request):
+def _go(conn):
+    """The client's go and its stdin, stdout and stderr: (message or None, [fds])."""
+    import json
+    import socket
+
+    fds = []
+    try:
+        data, fds, _, _ = socket.recv_fds(conn, 4096, 3)
+        while data and b"\n" not in data:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        if b"\n" not in data:
+            return None, fds
+        return json.loads(data.split(b"\n", 1)[0]), fds
+    except (OSError, ValueError):
+        return None, fds
+
+
+def child(agent, conn, request):
     """Become the client's command: its descriptors, environment, folder and umask; run
     it as the shell would; send the exit code; end without the interpreter's exit."""
     import signal
@@ -915,10 +928,10 @@ def child(agent, conn, fds, request):
             os.close(agent.lock)
         try:  # the command is ours only once the client has our pid and says go
             _line(conn, {"pid": os.getpid()})
-            go = Reader(conn).next()
-        except (OSError, ValueError):
-            go = None
-        if not isinstance(go, dict) or not go.get("go"):
+            go, fds = _go(conn)
+        except OSError:
+            go, fds = None, []
+        if not isinstance(go, dict) or not go.get("go") or len(fds) != 3:
             os._exit(1)  # the client gave up waiting and runs it itself; nor do we
         code = _become(conn, fds, request)
     except SystemExit as done:
