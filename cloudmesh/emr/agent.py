@@ -446,8 +446,11 @@ def _environment():
     import json
 
     cwd = os.getcwd()
-    search = [os.path.join(cwd, entry) if not os.path.isabs(entry) else entry
-              for entry in sys.path]
+    # '' and relative folders are this folder's; other entries stay as they are (an
+    # editable install's path hook, for one, is a name, not a folder)
+    search = [cwd if entry == "" else os.path.join(cwd, entry)
+              if not os.path.isabs(entry) and os.path.isdir(os.path.join(cwd, entry))
+              else entry for entry in sys.path]
     return {**os.environ, "CLOUDMESH_EMR_AGENT_PATH": json.dumps(search)}
 
 
