@@ -208,6 +208,28 @@ def test_a_repeat_listing_of_unchanged_clusters_rewrites_no_document(cm, aws, cl
     assert {key for key in after if after[key] != first[key]} == {f"aws/cluster/{made[7]}"}
 
 
+def test_a_listing_holds_the_instants_aws_gave_in_utc(cm, aws):
+    """botocore parses our answers' timestamps straight into UTC: the same instants as
+    boto3's own parser reads, epoch numbers and ISO-8601 text alike."""
+    import boto3
+
+    from cloudmesh.emr.api.provider import Provider, utc_timestamp
+
+    emr = boto3.client("emr", region_name="us-east-1")
+    made = run_job_flow(emr, "when", core=0)
+    theirs = emr.describe_cluster(ClusterId=made)["Cluster"]["Status"]["Timeline"]
+    listed, = Provider().list_clusters()
+    when = listed["Status"]["Timeline"]["CreationDateTime"]
+    assert when == theirs["CreationDateTime"] and when.tzinfo is UTC
+    doc, = cm.docs("aws", "cluster")
+    assert doc["Status"]["Timeline"]["CreationDateTime"] == when.replace(
+        microsecond=when.microsecond // 1000 * 1000)  # BSON keeps milliseconds
+    for text in (1746086400, 1746086400.0, "1746086400", "2025-05-01T10:00:00+02:00",
+                 "2025-05-01T08:00:00Z", "Thu, 01 May 2025 08:00:00 GMT"):
+        parsed = utc_timestamp(text)
+        assert parsed == T0 and parsed.tzinfo is UTC, text
+
+
 def test_many_records_in_one_write_and_a_second_database_instance_sees_them(cm):
     records = [cluster_record(f"j-MANY{i:03d}", name=f"c{i}") for i in range(120)]
     assert len(Database(Settings.load()).record("aws", "cluster", records)) == 120
