@@ -37,6 +37,7 @@ PROTOCOL = 1
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on the BSDs and macOS
 REQUEST_TIMEOUT = 5.0  # seconds a client has to send its whole request
 FIRST_ANSWER = 10.0  # seconds a client waits for the agent to take its command
+RESTART_PAUSE = 5.0  # seconds after a command started an agent before another may
 START_TIMEOUT = 60.0  # `cms emr agent start` waits this long for the agent to answer
 NAME = "cloudmesh.emr.agent"
 
@@ -473,11 +474,22 @@ def _interpreter_options():
 
 def start_detached(where=None):
     """Start an agent in the background and return at once (the Popen, or None when the
-    folder is not usable); it gives up by itself if another is starting or running."""
+    folder is not usable or one was started moments ago); it gives up by itself if
+    another is starting or running."""
     import subprocess
+    import time
 
     try:
         where = where or paths(create=True)
+        stamp = where["log"][:-len("log")] + "started"
+        try:  # at most one start per few seconds: commands at once, or an agent that
+            # cannot start (its log says why), do not each start another
+            if time.time() - os.stat(stamp).st_mtime < RESTART_PAUSE:
+                return None
+        except FileNotFoundError:
+            pass
+        os.close(os.open(stamp, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.utime(stamp)
         log = os.fdopen(os.open(where["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600),
                         "ab")
     except (OSError, AgentError):
@@ -641,7 +653,11 @@ def warm():
         except Exception:  # a service this botocore lacks: its commands load it themselves
             pass
     import gc
+    import threading
 
+    if threading.active_count() > 1:  # a fork copies only the thread that forks
+        raise AgentError(f"an import started {threading.active_count() - 1} threads; "
+                         "forking commands from this process would not be safe")
     gc.collect()
     gc.freeze()  # what is loaded now stays in pages the children share
 
