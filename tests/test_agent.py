@@ -308,10 +308,12 @@ def test_off_is_off(world):
 
 
 def _waiting_for_the_agent(pid):
+    """Whether the client sleeps in the kernel on its socket (its only wait there)."""
     try:
-        return Path(f"/proc/{pid}/wchan").read_text().startswith("unix_stream")
+        where = Path(f"/proc/{pid}/wchan").read_text()
     except OSError:
         return False
+    return where.startswith(("unix_stream", "poll_schedule", "do_sys_poll", "do_select"))
 
 
 @pytest.mark.skipif(not Path("/proc/self/wchan").exists(), reason="needs Linux /proc")
@@ -330,7 +332,8 @@ def test_a_request_the_agent_never_took_runs_once_in_process(world):
                                   env=world.env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         wait_for(lambda: _waiting_for_the_agent(client.pid) or client.poll() is not None, 60,
-                 what="the client to wait for the agent's answer")
+                 interval=0.02, what="the client to wait for the agent's answer")
+        assert client.poll() is None  # still waiting: the agent's death is what it sees
     finally:
         os.kill(pid, signal.SIGKILL)
     out, err = client.communicate(timeout=120)
