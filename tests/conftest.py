@@ -42,6 +42,16 @@ def _no_user_state(tmp_path_factory):
             os.environ[key] = value
 
 
+@pytest.fixture(autouse=True)
+def _quick_unreachable_database(monkeypatch):
+    """An unreachable database is found out in 1 s, not the product's 3 s: pymongo waits
+    the whole server-selection timeout even for a refused connection, and a dozen tests
+    aim at a closed port on purpose. (Tests that need another timeout set their own.)"""
+    from cloudmesh.emr import database
+
+    monkeypatch.setattr(database, "TIMEOUT_MS", 1000)
+
+
 @pytest.fixture(scope="session")
 def mongo_server(tmp_path_factory):
     """A real SecantusDB server, through the same code that runs the embedded database."""

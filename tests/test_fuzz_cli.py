@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 
 from emr_helpers import lean_moto, run_job_flow  # noqa: F401  lean_moto: autouse
 
-EXAMPLES = 1000  # command lines per run, the same ones every run (derandomized)
+# command lines per run, the same ones every run (derandomized): `make test` tries 200,
+# `make conformance` 1,000 (pytest -m conformance)
+EXAMPLES = [200, pytest.param(1000, marks=pytest.mark.conformance)]
 # patterns that would block (wait, serve) or start/stop a daemon the session shares
 SKIPPED_COMMANDS = {("wait",), ("local",), ("server",)}
 SKIPPED_OPTIONS = {"--wait"}
@@ -231,12 +233,13 @@ def test_the_usage_patterns_are_read():
     assert any(p[:2] == ["db", "("] for p in patterns)
 
 
-def test_any_command_line_ends_in_0_1_or_2_with_one_error_line(world):
+@pytest.mark.parametrize("examples", EXAMPLES)
+def test_any_command_line_ends_in_0_1_or_2_with_one_error_line(world, examples):
     trees = [parse(tokens) for tokens in usage_patterns()
              if tuple(tokens[:1]) not in SKIPPED_COMMANDS]
     seen = {"codes": set()}
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     @given(st.data())
     def check(data):

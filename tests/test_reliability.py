@@ -410,6 +410,7 @@ def test_db_sync_replays_now_and_says_so(cms, cm, aws, own_mongo):
     assert len(list(own_mongo.client()[cm.dbname]["aws-emr-action"].find())) == 1
 
 
+@pytest.mark.conformance  # a crash and restart of 25-50 s: `make conformance` runs it
 def test_a_sigkill_of_the_database_mid_write_loses_nothing(cm, own_mongo, monkeypatch):
     """2,000 clusters in one listing's write; the server is killed with SIGKILL while it
     takes them; after a restart the next write finds every one of them."""

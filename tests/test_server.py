@@ -1095,6 +1095,7 @@ VALUE_RULES = ("list_clusters", "cluster_metrics", "modify_cluster", "start_clus
                "add_task_group", "reap", "doctor")
 
 
+@pytest.mark.conformance
 def test_schemathesis_run_checks_all_on_the_emulator_finds_nothing_but_st301(cm, tmp_path):
     """`schemathesis run --checks all` against the real service on the emulator daemon,
     bounded: every check in the examples, coverage and fuzzing phases, except
