@@ -9,9 +9,15 @@
    ... terminate-clusters, wait cluster-terminated, and a step on an emr-6.x cluster,
    which runs on a pyspark of that release's Spark installed on first use.
 
+3. this project's long runs, ``pytest -m conformance`` over ``tests/`` (``make test``
+   leaves them out, see pytest.ini): the 1,000-example command-line property run,
+   the SIGKILL of the database mid-write, the ``schemathesis run --checks all`` of the
+   served REST service on an emulator of its own.
+
 It prints a table of what passed and failed, and writes it into the README between
-the ``conformance`` markers. Exit 0 when nothing failed but the moto-only assertions
-listed in ``conformance/expected.py``; 1 otherwise.
+the ``conformance`` markers (``--tests-only`` runs part 3 alone and only prints). Exit 0
+when nothing failed but the moto-only assertions listed in ``conformance/expected.py``;
+1 otherwise.
 """
 
 import argparse
@@ -130,6 +136,11 @@ def run_moto(root, endpoint, keys, report):
          "--rootdir", str(root), "-p", "conformance.plugin", "tests/test_emr", "-q",
          "--tb=line", f"--junitxml={report}"],
         cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=3600)
+    return junit_results(report)
+
+
+def junit_results(report):
+    """[(node, outcome, detail)] of a pytest JUnit XML report."""
     results = []
     for case in ElementTree.parse(report).getroot().iter("testcase"):
         path = case.get("classname", "").replace(".", "/")
@@ -143,6 +154,19 @@ def run_moto(root, endpoint, keys, report):
                 outcome, detail = "skipped", (child.get("message") or "")[:160]
         results.append((node, outcome, detail))
     return results
+
+
+# ---- this project's long runs --------------------------------------------------------------
+
+
+def run_long(workdir):
+    """[(node, outcome, detail)] of ``pytest -m conformance`` over this project's tests."""
+    report = workdir / "long.xml"
+    subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "conformance", "-q", "--tb=short",
+         "-p", "no:cacheprovider", f"--basetemp={workdir / 'long'}", f"--junitxml={report}"],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=3600)
+    return junit_results(report)
 
 
 # ---- the AWS CLI lifecycle ---------------------------------------------------------------
@@ -301,7 +325,28 @@ def run_cli(endpoint, keys, workdir):
 # ---- the report ------------------------------------------------------------------------
 
 
-def report(version, moto_results, cli_rows, spark_line):
+def tally(results):
+    counts = {"passed": 0, "failed": 0, "skipped": 0}
+    for _node, outcome, _detail in results:
+        counts[outcome] += 1
+    return counts
+
+
+def long_lines(long_results):
+    counts = tally(long_results)
+    return f"| this project's long runs (pytest -m conformance) | {counts['passed']} | " \
+           f"{counts['failed']} | {counts['skipped']} |"
+
+
+def long_failures(long_results):
+    failed = [(n, d) for n, o, d in long_results if o == "failed"]
+    if not failed:
+        return []
+    return ["Long runs of this project that failed:", "",
+            *[f"- `{node}`: {detail}" for node, detail in failed], ""]
+
+
+def report(version, moto_results, cli_rows, spark_line, long_results):
     counts = {"passed": 0, "failed": 0, "skipped": 0}
     for _node, outcome, _detail in moto_results:
         counts[outcome] += 1
@@ -311,7 +356,7 @@ def report(version, moto_results, cli_rows, spark_line):
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     lines = [
         f"Last run {when}: moto {version}'s `tests/test_emr` in server mode against the "
-        f"emulator, and the AWS CLI lifecycle.",
+        f"emulator, the AWS CLI lifecycle, and this project's long runs.",
         "",
         "| suite | passed | failed | skipped |",
         "| --- | --- | --- | --- |",
@@ -319,7 +364,9 @@ def report(version, moto_results, cli_rows, spark_line):
         f"({len(failed) - len(unexpected)} moto-only, {len(unexpected)} unexpected) | "
         f"{counts['skipped']} |",
         f"| AWS CLI lifecycle | {cli_passed} | {len(cli_rows) - cli_passed} | 0 |",
+        long_lines(long_results),
         "",
+        *long_failures(long_results),
     ]
     if failed:
         lines += ["moto's tests that still fail, and the EMR behaviour that makes each fail:", ""]
@@ -333,7 +380,8 @@ def report(version, moto_results, cli_rows, spark_line):
         lines.append(f"| `aws {label}` | {'passed' if ok else 'FAILED: ' + detail} |")
     if spark_line:
         lines += ["", f"The emr-6.15.0 step's controller log: `{spark_line}`."]
-    return "\n".join(lines), not unexpected and cli_passed == len(cli_rows)
+    long_ok = tally(long_results)["failed"] == 0 and long_results
+    return "\n".join(lines), bool(not unexpected and cli_passed == len(cli_rows) and long_ok)
 
 
 def write_readme(text):
@@ -349,9 +397,19 @@ def write_readme(text):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-readme", action="store_true", help="print only")
+    parser.add_argument("--tests-only", action="store_true",
+                        help="run this project's long runs (pytest -m conformance) alone; print only")
     args = parser.parse_args(argv)
-    version, root = moto_tests()
     workdir = Path(tempfile.mkdtemp(prefix="cloudmesh-emr-conformance-"))
+    if args.tests_only:
+        try:
+            long_results = run_long(workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        print("\n".join(["| suite | passed | failed | skipped |", "| --- | --- | --- | --- |",
+                         long_lines(long_results), "", *long_failures(long_results)]))
+        return 0 if long_results and tally(long_results)["failed"] == 0 else 1
+    version, root = moto_tests()
     try:
         process, endpoint, keys = start_emulator(workdir / "moto" / "state")
         try:
@@ -364,7 +422,8 @@ def main(argv=None):
         finally:
             stop_emulator(process)
         spark_line = spark_line.replace(str(workdir / "cli" / "state"), "<state folder>")
-        text, ok = report(version, moto_results, cli_rows, spark_line)
+        long_results = run_long(workdir)
+        text, ok = report(version, moto_results, cli_rows, spark_line, long_results)
         print(text)
         if not args.no_readme:
             write_readme(text)

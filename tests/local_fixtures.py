@@ -2,14 +2,15 @@
 
 ``emulator`` (session scope) starts the real daemon, ``python -m
 cloudmesh.emr.local.daemon``, on 127.0.0.1 at a free port with a 0.2 s transition
-delay and its own state folder, and stops it by its PID at the end. Use
-``emulator.client("emr")`` / ``emulator.client("s3")`` for boto3 against it, and
+delay and its own state folder (through ``cloudmesh.emr.processes.spawn``, as ``cms emr
+local start`` does), and stops it by its PID at the end. ``emr`` and ``s3`` (session
+scope) are boto3 clients on it; test modules on moto define their own ``emr``/``s3``,
+which take their place there. Use ``emulator.client(SERVICE)`` for other services, and
 ``emulator.profile()`` for the ``cloudmesh.cloud`` block of a cloudmesh.yaml whose
 cloud ``local`` points at it. Both sign with the daemon's own credentials
 (``emulator.credentials``, read from its state folder): it refuses anything else.
 """
 
-import json
 import os
 import re
 import signal
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["EMULATOR_DELAY", "EMULATOR_TIME_SCALE", "Emulator", "emulator", "start_emulator", "stop_emulator", "wait_for"]
+__all__ = ["EMULATOR_DELAY", "EMULATOR_TIME_SCALE", "Emulator", "emr", "emulator", "s3",
+           "start_emulator", "stop_emulator", "wait_for"]
 
 EMULATOR_DELAY = 0.2  # seconds per lifecycle transition in tests
 EMULATOR_TIME_SCALE = 30  # policy clocks run this much faster: a 60 s idle timeout takes 2 s
@@ -130,24 +132,16 @@ def start_emulator(config_dir, delay=EMULATOR_DELAY, env=None):
     # the tests' Spark runs are tiny: a JVM that compiles less starts them sooner
     environment.setdefault("SPARK_SUBMIT_OPTS", SPARK_SUBMIT_OPTS)
     environment.setdefault("CLOUDMESH_EMR_LOCAL_TIME_SCALE", str(EMULATOR_TIME_SCALE))
-    with open(log, "ab") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cloudmesh.emr.local.daemon", "--host", "127.0.0.1",
-             "--port", "0", "--state-dir", str(state), "--delay", str(delay)],
-            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-            env=environment, start_new_session=True)
+    from cloudmesh.emr.processes import read_json, spawn
 
-    def served():
-        if process.poll() is not None:
-            raise AssertionError(f"the emulator exited with {process.returncode}: "
-                                 f"{log.read_text()[-2000:]}")
-        try:
-            data = json.loads((state / "daemon.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return data if data.get("pid") == process.pid else None
+    def served(process, _output):  # the daemon writes daemon.json once it serves
+        data, _ = read_json(state / "daemon.json")
+        return data if data and data.get("pid") == process.pid else None
 
-    data = wait_for(served, STARTUP_TIMEOUT, what="the emulator to serve")
+    process, data = spawn(
+        [sys.executable, "-m", "cloudmesh.emr.local.daemon", "--host", "127.0.0.1",
+         "--port", "0", "--state-dir", str(state), "--delay", str(delay)],
+        log, served, STARTUP_TIMEOUT, "the emulator", env=environment)
     return Emulator(data["endpoint"], state, Path(config_dir), process.pid, log, process)
 
 
@@ -169,3 +163,15 @@ def emulator(tmp_path_factory):
     running = start_emulator(tmp_path_factory.mktemp("emulator"))
     yield running
     stop_emulator(running)
+
+
+@pytest.fixture(scope="session")
+def emr(emulator):
+    """boto3 EMR on the session's emulator (a module on moto defines its own ``emr``)."""
+    return emulator.client("emr")
+
+
+@pytest.fixture(scope="session")
+def s3(emulator):
+    """boto3 S3 on the session's emulator (a module on moto defines its own ``s3``)."""
+    return emulator.client("s3")

@@ -6,6 +6,7 @@ daemon: the session's ``emulator`` fixture, and one daemon of its own for the re
 import gzip
 import importlib.metadata
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -25,16 +26,6 @@ spark = SparkSession.builder.appName("versions").getOrCreate()
 print("pyspark", pyspark.__version__, "spark", spark.version, flush=True)
 spark.stop()
 """
-
-
-@pytest.fixture(scope="module")
-def emr(emulator):
-    return emulator.client("emr")
-
-
-@pytest.fixture(scope="module")
-def s3(emulator):
-    return emulator.client("s3")
 
 
 def groups_cluster(emr, name, release="emr-7.12.0", keep_alive=True, **extra):
@@ -109,12 +100,13 @@ def test_a_cluster_of_instance_groups_is_shaped_and_moves_as_on_emr(emulator, em
                for i in instances)
     assert {i["InstanceGroupId"] for i in instances} == {g["Id"] for g in groups}
 
-    # a new step waits PENDING for the engine's next pass
+    # a new step waits PENDING for the engine's next pass (read from the daemon's log, not
+    # from a describe that a busy machine could make late)
     step_id = emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[
         step("copy", "aws", "s3", "cp", "s3://no-such-bucket-here/x", "/home/hadoop/")])["StepIds"][0]
-    assert emr.describe_step(ClusterId=cluster_id, StepId=step_id)["Step"]["Status"]["State"] \
-        == "PENDING"
     emulator.wait_step(cluster_id, step_id, ["FAILED"])
+    moves = re.findall(rf"step {step_id} of {cluster_id}: (\w+) -> (\w+)", emulator.log.read_text())
+    assert moves == [("PENDING", "RUNNING"), ("RUNNING", "FAILED")]
 
     emr.put_auto_termination_policy(ClusterId=cluster_id,
                                     AutoTerminationPolicy={"IdleTimeout": 3600})
@@ -215,7 +207,7 @@ def test_a_step_of_a_release_whose_spark_cannot_run_here_warns(emulator, emr):
     emr.terminate_job_flows(JobFlowIds=[cluster_id])
 
 
-def test_a_restart_keeps_s3_objects_and_the_history_of_clusters(tmp_path):
+def test_a_restart_keeps_s3_objects_the_history_of_clusters_and_the_credentials(tmp_path):
     # a slow daemon (30 s per transition): the cluster is still STARTING, its step PENDING
     emulator = start_emulator(tmp_path / "restart", delay=30)
     try:
@@ -226,10 +218,14 @@ def test_a_restart_keeps_s3_objects_and_the_history_of_clusters(tmp_path):
             step("copy", "aws", "s3", "cp", "s3://kept/data/a.txt", "/home/hadoop/")])
         before = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
         step_id = emr.list_steps(ClusterId=cluster_id)["Steps"][0]["Id"]
+        pair = emulator.credentials
     finally:
         stop_emulator(emulator)
     emulator = start_emulator(tmp_path / "restart")
     try:
+        # the daemon's valid credentials are kept: `eval "$(cms emr local env)"` still holds
+        assert emulator.credentials == pair
+        assert pair.secret_access_key not in emulator.log.read_text()
         emr, s3 = emulator.client("emr"), emulator.client("s3")
         kept = s3.get_object(Bucket="kept", Key="data/a.txt")
         assert kept["Body"].read() == b"alpha\n" and kept["ContentType"] == "text/plain"

@@ -172,16 +172,6 @@ def read_log(s3, uri):
 
 
 @pytest.fixture(scope="module")
-def emr(emulator):
-    return emulator.client("emr")
-
-
-@pytest.fixture(scope="module")
-def s3(emulator):
-    return emulator.client("s3")
-
-
-@pytest.fixture(scope="module")
 def bucket(s3):
     """A bucket holding the example job, a failing job and a sleeper."""
     name = f"emr-local-{uuid.uuid4().hex[:8]}"

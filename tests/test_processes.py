@@ -21,6 +21,7 @@ from cloudmesh.emr import processes
 from cloudmesh.emr.database import EmbeddedServer
 from cloudmesh.emr.local import control
 from emr_helpers import lean_moto, run_job_flow  # noqa: F401  lean_moto: autouse
+from local_fixtures import wait_for
 
 # damages under which a command through the Provider (list clusters) is run as well
 AWS_TOO = ("deleted", "garbage", "foreign-pid", "pid-0")
@@ -414,6 +415,8 @@ def test_a_daemon_without_state_dir_is_ours_only_when_its_own_environment_names_
         env=env, stdin=subprocess.DEVNULL)
     try:
         process = psutil.Process(stand_in.pid)
+        # until the child has run exec, it is a copy of this process: wait for its own line
+        wait_for(lambda: state.DAEMON_MODULE in process.cmdline(), 30, what="the stand-in")
         assert not state.server(ours / "emr" / "local").is_ours(process)
         assert state.server(theirs / "emr" / "local").is_ours(process)
     finally:

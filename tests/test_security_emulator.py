@@ -272,21 +272,9 @@ def test_expired_presigned_urls_and_old_signatures_are_refused():
     assert seen == ["/b/k", "/b/k"]
 
 
-def test_a_restarted_daemon_keeps_its_valid_credentials(tmp_path):
-    from local_fixtures import start_emulator, stop_emulator
-
-    state = tmp_path / "emr" / "local"
-    state.mkdir(parents=True)
-    pair = credentials.generate()
-    credentials.write(state, pair)
-    running = start_emulator(tmp_path)
-    try:
-        assert running.credentials == pair  # `eval "$(cms emr local env)"` still holds
-        assert running.client("emr").list_clusters()["Clusters"] == []
-        assert pair.secret_access_key not in running.log.read_text()
-    finally:
-        stop_emulator(running)
-    # (a file others could read is replaced: tests/test_config.py, credentials.ensure)
+# A restarted daemon keeps its valid credentials (and never logs the secret): checked by the
+# restart test of tests/test_emulator_fidelity.py, which restarts a daemon anyway. A file
+# others could read is replaced: tests/test_config.py, credentials.ensure.
 
 
 def test_moto_api_needs_the_credentials(emulator):

@@ -66,16 +66,6 @@ def step(name, args, action="CONTINUE", jar="command-runner.jar", **extra):
 
 
 @pytest.fixture(scope="module")
-def emr(emulator):
-    return emulator.client("emr")
-
-
-@pytest.fixture(scope="module")
-def s3(emulator):
-    return emulator.client("s3")
-
-
-@pytest.fixture(scope="module")
 def bucket(s3):
     name = f"kinds-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=name)

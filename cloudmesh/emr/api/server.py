@@ -17,6 +17,8 @@ says what this app does (see served_spec).
 Only ``cms emr server start`` imports this module: connexion is not loaded otherwise.
 """
 
+import copy
+import functools
 import hmac
 import io
 import ipaddress
@@ -672,6 +674,15 @@ def _bearer(headers):
 # ---- the spec as served -------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
+def _spec_source():
+    """emr.yaml, parsed once per process (with libyaml's parser when PyYAML has it: the
+    spec is large, and pure-Python parsing took half a second per app)."""
+    import yaml
+
+    return yaml.load(SPEC.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def served_spec(token):
     """emr.yaml as this app serves it: what the app requires and accepts, no more.
 
@@ -680,11 +691,9 @@ def served_spec(token):
     - A query parameter marked ``x-vocabulary: <kind>`` lists the words of that table of
       vocabulary.py (lower and upper case) as the enum of its items.
     """
-    import yaml
-
     from cloudmesh.emr.api import vocabulary
 
-    spec = yaml.safe_load(SPEC.read_text())
+    spec = copy.deepcopy(_spec_source())  # each app changes its own copy
     components = spec["components"]
     if not token:
         spec.pop("security", None)
