@@ -74,6 +74,9 @@ def test_airflow_config_starts_and_ends_by_itself(cms, local, emr, cm, tmp_path)
     if "Unsupported step" in json.dumps(step["Status"].get("FailureDetails") or {}):
         pytest.xfail("the emulator does not run spark-example steps yet")
     assert step["Status"]["State"] == "COMPLETED"
+    # the suite's one real SparkPi run: its answer, read as a user reads it
+    stdout = cms("logs", cluster_id, step["Id"], "--file=stdout", "--cloud=local")
+    assert stdout.code == 0 and "Pi is roughly 3.1" in stdout.out, stdout.err
 
 
 def test_auto_terminate_with_wait_prints_once_it_ran(cms, local, emr, s3, tmp_path):

@@ -1,8 +1,9 @@
 """Nothing lost, nothing doubled, nothing poisoned (issue 9).
 
-- A fault-injecting HTTP proxy in front of the moto server answers 20% of the calls
-  with a 500, a throttle or a dropped connection *after* moto acted: starts and runs
-  still make exactly one cluster or step each (counted with boto3 straight at moto).
+- A fault-injecting HTTP proxy in front of the moto server answers 20% of the calls,
+  and every fourth call that creates, with a 500, a throttle or a dropped connection
+  *after* moto acted: starts and runs still make exactly one cluster or step each
+  (counted with boto3 straight at moto).
 - Text that is not valid Unicode is refused before AWS; such text coming from AWS is
   listed and stored (escaped, and said so in ``cm.escaped``).
 - The journal: a database that is down, or killed with SIGKILL mid-write, loses
@@ -32,13 +33,19 @@ from emr_helpers import (  # noqa: F401  lean_moto: autouse
 )
 
 FAULT_RATE = 0.2
+FAULTS = ("500", "throttle", "drop")
+CREATING = ("RunJobFlow", "AddJobFlowSteps")  # every fourth answer lost, each kind in turn
+CREATED = 20  # clusters started through the proxy, then one step added to each
 
 
 # ---- a proxy that loses answers ----------------------------------------------------------------
 
 class FaultProxy:
-    """Forwards each request to ``target``, then (seeded) replaces some answers with a
-    500, a 400 ThrottlingException or a dropped connection: moto has acted by then."""
+    """Forwards each request to ``target``, then replaces some answers with a 500, a 400
+    ThrottlingException or a dropped connection: moto has acted by then. A call that
+    creates (CREATING) loses its 2nd, 6th, 10th... answer, the kinds in turn, so each
+    kind meets each of them however many calls a command makes; others lose ``rate`` of
+    theirs (seeded)."""
 
     def __init__(self, target, rate=FAULT_RATE, seed=9):
         self.target = target
@@ -46,6 +53,7 @@ class FaultProxy:
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.faults = {}  # (X-Amz-Target, kind) -> count
+        self.calls = {}  # X-Amz-Target -> calls so far
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -71,8 +79,12 @@ class FaultProxy:
                 upstream.close()
                 operation = self.headers.get("X-Amz-Target", self.command).split(".")[-1]
                 with proxy.lock:
-                    fault = (proxy.random.choice(("500", "throttle", "drop"))
-                             if proxy.random.random() < proxy.rate else None)
+                    number = proxy.calls[operation] = proxy.calls.get(operation, 0) + 1
+                    if operation in CREATING:
+                        fault = FAULTS[number // 4 % 3] if number % 4 == 2 else None
+                    else:
+                        fault = (proxy.random.choice(FAULTS)
+                                 if proxy.random.random() < proxy.rate else None)
                     if fault:
                         key = (operation, fault)
                         proxy.faults[key] = proxy.faults.get(key, 0) + 1
@@ -153,7 +165,7 @@ def test_lost_answers_make_no_duplicate_clusters_or_steps(cms, cm, moto_server, 
             "endpoint": proxy.url}}},
             emr={"default": {"cloud": "flaky"}, "retry": {"attempts": 8}})
         started = []
-        for number in range(50):
+        for number in range(CREATED):
             result = cms("start", f"flaky-{number}", "--count=1")
             assert result.code == 0, result.err
             started.append(result.out.strip())
@@ -162,17 +174,18 @@ def test_lost_answers_make_no_duplicate_clusters_or_steps(cms, cm, moto_server, 
             result = cms("run", cluster_id, "jobs", f"job{number}.py", "--", "--n", number)
             assert result.code == 0, result.err
             steps.append(result.out.strip())
-    # the proxy did lose answers of the very calls that create
-    assert proxy.count("RunJobFlow") >= 3 and proxy.count("AddJobFlowSteps") >= 3, proxy.faults
+    # the proxy did lose answers of the very calls that create, in each way
+    assert all(proxy.faults.get((operation, kind)) for operation in CREATING
+               for kind in FAULTS), proxy.faults
     clusters = all_clusters(moto_direct)
-    assert len(clusters) == 50
+    assert len(clusters) == CREATED
     assert sorted(c["Id"] for c in clusters) == sorted(started)  # each printed id is real
-    assert sorted(c["Name"] for c in clusters) == sorted(f"flaky-{n}" for n in range(50))
+    assert sorted(c["Name"] for c in clusters) == sorted(f"flaky-{n}" for n in range(CREATED))
     made = {}
     for cluster_id in started:
         for step in moto_direct.list_steps(ClusterId=cluster_id)["Steps"]:
             made[step["Id"]] = (cluster_id, step["Config"]["Args"])
-    assert len(made) == 50 and sorted(made) == sorted(steps)
+    assert len(made) == CREATED and sorted(made) == sorted(steps)
     for number, cluster_id in enumerate(started):  # one step each, on its own cluster
         assert [a for c, a in made.values() if c == cluster_id] == [
             ["spark-submit", f"s3://jobs/job{number}.py", "--n", str(number)]]
