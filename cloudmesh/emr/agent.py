@@ -970,6 +970,11 @@ def _become(conn, fds, request):
     import locale
     import time
 
+    for stream in (sys.stdout, sys.stderr):  # the agent's own: nothing of it to the client
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
