@@ -334,19 +334,26 @@ def run(argv):
             # an agent of other code, or one that was switched off, ends itself: start afresh
             return Outcome(start=why == "stale", why=f"declined: {why or 'closed'}")
         sock.settimeout(None)
+    except (OSError, ValueError):
+        sock.close()
+        return Outcome(start=True, why="request not taken")
+    pid = first["pid"]
+    forwarded, kept = _forward_signals(pid)  # from the go on, a Ctrl-C is the child's
+    try:
         # the child runs the command only once it has this, with our stdin, stdout and
         # stderr: a child that never gets it (we gave up, or this send fails) ends without
         # running anything, and no descriptor of ours waits in a socket nobody reads
         _line(sock, {"go": True}, fds=(0, 1, 2))
-    except (OSError, ValueError):
+    except OSError:
         sock.close()
+        _restore_signals(kept)
         return Outcome(start=True, why="request not taken")
     # from here on the command is the child's: it is never run here as well
-    return Outcome(code=_follow(sock, reader, first["pid"]), why="agent")
+    return Outcome(code=_follow(sock, reader, pid, forwarded, kept), why="agent")
 
 
-def _follow(sock, reader, pid):
-    """Forward our signals to the child ``pid`` until it sends its exit code."""
+def _forward_signals(pid):
+    """Pass SIGINT, SIGTERM and SIGHUP on to ``pid``: ([signals passed], {kept handlers})."""
     import signal
 
     forwarded = []
@@ -363,6 +370,20 @@ def _follow(sock, reader, pid):
         number = getattr(signal, name, None)
         if number is not None:
             kept[number] = signal.signal(number, forward)
+    return forwarded, kept
+
+
+def _restore_signals(kept):
+    import signal
+
+    for number, handler in kept.items():
+        signal.signal(number, handler)
+
+
+def _follow(sock, reader, pid, forwarded, kept):
+    """Wait for the child ``pid``'s exit code, our signals passed on to it."""
+    import signal
+
     try:
         message = None
         while True:
@@ -374,8 +395,7 @@ def _follow(sock, reader, pid):
                 break
     finally:
         sock.close()
-        for number, handler in kept.items():
-            signal.signal(number, handler)
+        _restore_signals(kept)
     if message is not None and isinstance(message.get("exit"), int):
         return message["exit"]
     if forwarded:  # the child ended by the signal we passed on: end by it too, as it did
