@@ -488,6 +488,7 @@ def emulator(world, repeat):
         sample = ROOT / "examples" / "data" / "sample.txt"
         provider.upload(program, "bench", "wordcount.py")
         provider.upload(sample, "bench", "input/sample.txt")
+        provider.doctor(fix=True)  # EMR's default roles, which every start checks for
         cluster = provider.start("bench", count=1)["Target"]
         wait_until(lambda: emr.describe_cluster(ClusterId=cluster)["Cluster"]["Status"]["State"]
                    == "WAITING", 60, "the emulator's cluster")

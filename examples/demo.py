@@ -1,6 +1,7 @@
 """`make demo`: the whole EMR lifecycle on the local emulator, one printed command at a time.
 
-It starts the embedded database and the emulator (unless they already run),
+It starts the embedded database and the emulator (unless they already run), shows
+`doctor` finding EMR's default roles missing and `doctor --fix` making them,
 starts a cluster and waits until it is ready (`start --wait`), uploads a PySpark word
 count and a sample text, runs it with s3:// input and output, waits for the steps
 (`cms emr wait`), reads the top words back from the emulated S3, stops the cluster,
@@ -68,6 +69,11 @@ def main():
         say("the embedded database records every result; the emulator speaks the EMR and S3 APIs")
         cms("emr", "db", "start")
         cms("emr", "local", "start")
+
+        say("a new account has none of EMR's default roles: doctor finds them missing, "
+            "doctor --fix makes them (as 'aws emr create-default-roles'); start checks them")
+        cms("emr", "doctor", "--cloud=local", check=False)
+        cms("emr", "doctor", "--fix", "--cloud=local")
 
         say("start a Spark cluster: the same command works on AWS without --cloud=local")
         cluster = cms("emr", "start", "demo", "--count=3", "--wait", "--cloud=local")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from emr_helpers import make_default_roles, moto_iam, reset_moto
 from local_fixtures import *  # noqa: F401,F403  the local EMR emulator (tests/local_fixtures.py)
 
 AWS_ENVIRONMENT = ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE",
@@ -117,6 +118,7 @@ def aws(monkeypatch, cm):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     with mock_aws():
+        make_default_roles(moto_iam(), policies=False)  # as after `cms emr doctor --fix`
         yield
 
 
@@ -135,10 +137,7 @@ def moto_server():
 @pytest.fixture
 def moto_cloud(cm, moto_server):
     """A cloudmesh.yaml whose default cloud 'moto' is an endpoint profile on the moto server."""
-    import urllib.request
-
-    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset",
-                                                  method="POST"), timeout=10).read()
+    reset_moto(moto_server)
     cm.write(clouds={"moto": {"credentials": {
         "EC2_ACCESS_ID": "testing", "EC2_SECRET_KEY": "testing-secret-never-shown",
         "region": "us-east-1", "endpoint": moto_server}}},

@@ -266,3 +266,88 @@ def lean_moto(monkeypatch):
     """moto without its 44,000 default AMIs: EMR needs none, and loading them costs
     a third of a second per test. (Import this name into a test module to use it.)"""
     monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+
+
+# ---- EMR's default roles (every start checks for them) -----------------------------
+
+# EMR's default roles as `aws emr create-default-roles` makes them: (name, trusted service,
+# AWS managed policy); the instance profile is named after the EC2 role and holds it
+DEFAULT_ROLES = (
+    ("EMR_DefaultRole", "elasticmapreduce.amazonaws.com",
+     "arn:aws:iam::aws:policy/service-role/AmazonElasticMapReduceRole"),
+    ("EMR_EC2_DefaultRole", "ec2.amazonaws.com",
+     "arn:aws:iam::aws:policy/service-role/AmazonElasticMapReduceforEC2Role"),
+)
+PROFILE = "EMR_EC2_DefaultRole"
+
+
+def make_default_roles(iam, policies=True):
+    """The service role and instance profile every start checks for, made with boto3's IAM
+    calls as the AWS CLI makes them (names, trust policies, managed policies), where missing.
+
+    ``policies=False`` leaves the managed policies out, for moto in this process: it knows
+    them only by loading all of AWS's (about 1.5 s per mock context), and what a start
+    checks is that the role and the profile exist."""
+    for name, service, policy in DEFAULT_ROLES:
+        try:
+            iam.get_role(RoleName=name)
+            continue
+        except iam.exceptions.NoSuchEntityException:
+            pass
+        iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps({
+            "Version": "2008-10-17", "Statement": [{
+                "Sid": "", "Effect": "Allow", "Principal": {"Service": service},
+                "Action": "sts:AssumeRole"}]}))
+        if policies:
+            iam.attach_role_policy(RoleName=name, PolicyArn=policy)
+    try:
+        profile = iam.get_instance_profile(InstanceProfileName=PROFILE)["InstanceProfile"]
+    except iam.exceptions.NoSuchEntityException:
+        profile = iam.create_instance_profile(InstanceProfileName=PROFILE)["InstanceProfile"]
+    if not profile.get("Roles"):
+        iam.add_role_to_instance_profile(InstanceProfileName=PROFILE, RoleName=PROFILE)
+
+
+def remove_default_roles(iam):
+    """Remove what make_default_roles (or `cms emr doctor --fix`) made: a new account's IAM."""
+    try:
+        profile = iam.get_instance_profile(InstanceProfileName=PROFILE)["InstanceProfile"]
+    except iam.exceptions.NoSuchEntityException:
+        pass
+    else:
+        for role in profile.get("Roles") or []:
+            iam.remove_role_from_instance_profile(InstanceProfileName=PROFILE,
+                                                  RoleName=role["RoleName"])
+        iam.delete_instance_profile(InstanceProfileName=PROFILE)
+    for name in [name for name, _, _ in DEFAULT_ROLES] + ["EMR_AutoScaling_DefaultRole"]:
+        try:
+            attached = iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]
+        except iam.exceptions.NoSuchEntityException:
+            continue
+        for policy in attached:
+            iam.detach_role_policy(RoleName=name, PolicyArn=policy["PolicyArn"])
+        iam.delete_role(RoleName=name)
+
+
+MOTO_IAM = {}
+
+
+def moto_iam(endpoint=None):
+    """One boto3 IAM client per endpoint (None: moto in this process), made once: a client
+    costs more than the four calls that make the default roles."""
+    import boto3
+
+    if endpoint not in MOTO_IAM:
+        MOTO_IAM[endpoint] = boto3.session.Session().client(
+            "iam", region_name="us-east-1", endpoint_url=endpoint,
+            aws_access_key_id="testing", aws_secret_access_key="testing")
+    return MOTO_IAM[endpoint]
+
+
+def reset_moto(moto_server):
+    """moto's reset, then EMR's default roles again (every start checks for them)."""
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset",
+                                                  method="POST"), timeout=10).read()
+    make_default_roles(moto_iam(moto_server), policies=False)

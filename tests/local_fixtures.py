@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from emr_helpers import make_default_roles
+
 __all__ = ["EMULATOR_DELAY", "EMULATOR_TIME_SCALE", "Emulator", "emr", "emulator", "s3",
            "start_emulator", "stop_emulator", "wait_for"]
 
@@ -159,8 +161,11 @@ def stop_emulator(emulator, timeout=30):
 
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory):
-    """The local EMR emulator daemon, shared by the session."""
+    """The local EMR emulator daemon, shared by the session, with EMR's default roles (it
+    starts without them, as a new AWS account; a test that needs them missing removes them
+    and makes them again)."""
     running = start_emulator(tmp_path_factory.mktemp("emulator"))
+    make_default_roles(running.client("iam"))
     yield running
     stop_emulator(running)
 

@@ -182,14 +182,12 @@ def world(cm, moto_server, tmp_path, monkeypatch):
     mock_aws, moto's own missing checks (ListSteps of an unknown cluster is a KeyError
     inside moto) escape into the caller as Python exceptions, where EMR answers an error.
     """
-    import urllib.request
-
     import boto3
+    from emr_helpers import reset_moto
 
     from cloudmesh.emr.api import provider
 
-    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset",
-                                                  method="POST"), timeout=10).read()
+    reset_moto(moto_server)
     monkeypatch.setattr(provider, "BACKOFF_BASE", 0.001)
     cm.write(clouds={"moto": {"credentials": {
         "EC2_ACCESS_ID": "testing", "EC2_SECRET_KEY": "testing", "region": "us-east-1",

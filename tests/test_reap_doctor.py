@@ -9,6 +9,7 @@ import json
 import pytest
 
 from emr_helpers import lean_moto  # noqa: F401  (autouse)
+from emr_helpers import make_default_roles, remove_default_roles, one_error_line
 
 UTC = datetime.timezone.utc
 
@@ -194,23 +195,34 @@ def checks(result):
 
 
 @pytest.fixture
-def fixed(cms, local):
-    """The default roles made by `doctor --fix`, and a log bucket in the cluster's region."""
+def no_roles(local):
+    """A new account: EMR's default roles and instance profile removed from the session's
+    emulator, and made again afterwards (the tests share it, and every start needs them)."""
     iam = local.client("iam")
-    names = {r["RoleName"] for r in iam.list_roles()["Roles"]}
-    before = cms("doctor", "--format=json")
-    if "EMR_DefaultRole" not in names:  # a new account: doctor finds the roles missing
-        assert before.code == 1
-        assert checks(before)["service role"]["Status"] == "FAIL"
-        assert checks(before)["instance profile"]["Status"] == "FAIL"
-    result = cms("doctor", "--fix", "--format=json")
-    assert result.code == 0, (result.out, result.err)
+    remove_default_roles(iam)
+    yield local
+    make_default_roles(iam)
+
+
+@pytest.fixture
+def fixed(local):
+    """The session's emulator with the default roles, and a log bucket in its region."""
     local.client("s3").create_bucket(Bucket="doctor-logs")
     return local
 
 
-def test_doctor_fix_makes_the_default_roles_as_the_aws_cli_does(fixed):
-    iam = fixed.client("iam")
+def test_doctor_finds_the_roles_missing_and_fix_makes_them_as_the_aws_cli_does(cms, no_roles):
+    before = cms("doctor", "--format=json")
+    assert before.code == 1
+    found = checks(before)
+    assert found["service role"]["Status"] == "FAIL"
+    assert "EMR_DefaultRole" in found["service role"]["Detail"]
+    assert found["instance profile"]["Status"] == "FAIL"
+    assert "cms emr doctor --fix" in found["service role"]["Fix"]
+    assert before.err.startswith("ERROR: ") and len(before.err.splitlines()) == 1
+    result = cms("doctor", "--fix", "--format=json")
+    assert result.code == 0, (result.out, result.err)
+    iam = no_roles.client("iam")
     for name, service, policy in (
             ("EMR_DefaultRole", "elasticmapreduce.amazonaws.com", "AmazonElasticMapReduceRole"),
             ("EMR_EC2_DefaultRole", "ec2.amazonaws.com", "AmazonElasticMapReduceforEC2Role")):
@@ -223,6 +235,9 @@ def test_doctor_fix_makes_the_default_roles_as_the_aws_cli_does(fixed):
             f"arn:aws:iam::aws:policy/service-role/{policy}"]
     profile = iam.get_instance_profile(InstanceProfileName="EMR_EC2_DefaultRole")
     assert [r["RoleName"] for r in profile["InstanceProfile"]["Roles"]] == ["EMR_EC2_DefaultRole"]
+    again = cms("doctor", "--format=json")
+    assert checks(again)["service role"]["Status"] == "OK"
+    assert checks(again)["instance profile"]["Status"] == "OK"
 
 
 def test_doctor_all_well(cms, fixed):
@@ -278,11 +293,93 @@ def test_doctor_finds_a_role_the_config_names_missing(cms, fixed, tmp_path):
 
 
 def test_rest_doctor(emr, cm):
+    import boto3
+
     from cloudmesh.emr.api.server import create_app
 
+    boto3.client("iam").delete_role(RoleName="EMR_DefaultRole")
     with create_app().test_client(base_url="http://127.0.0.1:8080") as client:
         answer = client.get("/doctor", params={"key": "no-such-key"})
     assert answer.status_code == 200, answer.text
     found = {r["Check"]: r for r in answer.json()}
     assert found["key pair"]["Status"] == "FAIL"
-    assert found["service role"]["Status"] == "FAIL"  # moto: no roles until made
+    assert found["service role"]["Status"] == "FAIL"
+    assert found["instance profile"]["Status"] == "OK"
+
+
+# ---- start runs doctor's fast checks first ------------------------------------------------
+
+def without(what):
+    """Remove one default role (or the instance profile) from moto in this process."""
+    import boto3
+
+    iam = boto3.client("iam")
+    if what == "instance profile":
+        iam.remove_role_from_instance_profile(InstanceProfileName="EMR_EC2_DefaultRole",
+                                              RoleName="EMR_EC2_DefaultRole")
+        iam.delete_instance_profile(InstanceProfileName="EMR_EC2_DefaultRole")
+    else:
+        iam.delete_role(RoleName=what)
+
+
+@pytest.mark.parametrize("missing, named", [
+    ("EMR_DefaultRole", "service role EMR_DefaultRole"),
+    ("instance profile", "instance profile EMR_EC2_DefaultRole"),
+])
+def test_start_without_a_default_role_makes_no_cluster(cms, emr, cm, missing, named):
+    without(missing)
+    result = cms("start", "doomed")
+    assert result.code == 1
+    assert one_error_line(result.err), result.err
+    assert named in result.err and "cms emr doctor --fix" in result.err
+    assert emr.list_clusters()["Clusters"] == []
+    assert [d for d in cm.docs("aws", "action") if d["Action"] == "start"] == []
+
+
+def test_start_names_a_missing_role_of_its_config(cms, emr, tmp_path):
+    config = tmp_path / "cluster.json"
+    config.write_text(json.dumps({"Name": "c", "ServiceRole": "Our_EMR_Role",
+                                  "JobFlowRole": "EMR_EC2_DefaultRole"}))
+    result = cms("start", "c", f"--config={config}")
+    assert result.code == 1
+    assert one_error_line(result.err), result.err
+    assert "service role Our_EMR_Role" in result.err and "doctor --fix" in result.err
+    assert emr.list_clusters()["Clusters"] == []
+
+
+def test_start_no_check_starts_without_the_checks(cms, emr):
+    without("EMR_DefaultRole")
+    result = cms("start", "unchecked", "--no-check")
+    assert result.code == 0, result.err
+    [cluster] = emr.list_clusters()["Clusters"]
+    assert cluster["Name"] == "unchecked"
+    assert emr.describe_cluster(ClusterId=cluster["Id"])["Cluster"]["ServiceRole"] == \
+        "EMR_DefaultRole"
+
+
+def test_rest_start_without_the_service_role_is_409_and_makes_no_cluster(client, emr):
+    without("EMR_DefaultRole")
+    answer = client.post("/clusters", json={"name": "doomed"})
+    assert answer.status_code == 409, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    detail = answer.json()["detail"]
+    assert "EMR_DefaultRole" in detail and "cms emr doctor --fix" in detail
+    assert emr.list_clusters()["Clusters"] == []
+    unchecked = client.post("/clusters", json={"name": "unchecked", "no_check": True})
+    assert unchecked.status_code == 201, unchecked.text
+    assert len(emr.list_clusters()["Clusters"]) == 1
+
+
+def test_start_on_the_emulator_checks_the_release_and_the_roles(cms, no_roles):
+    """The emulator answers DescribeReleaseLabel (moto in this process does not): an unknown
+    release is refused by that check; a new account's missing roles stop the start."""
+    emr = no_roles.client("emr")
+    before = {c["Id"] for c in emr.list_clusters()["Clusters"]}
+    missing = cms("start", "doomed")
+    assert missing.code == 1 and one_error_line(missing.err), missing.err
+    assert "EMR_DefaultRole" in missing.err and "cms emr doctor --fix" in missing.err
+    make_default_roles(no_roles.client("iam"))
+    unknown = cms("start", "doomed", "--release=emr-0.1.0")
+    assert unknown.code == 2 and one_error_line(unknown.err), unknown.err
+    assert "emr-0.1.0" in unknown.err and "list-release-labels" in unknown.err
+    assert {c["Id"] for c in emr.list_clusters()["Clusters"]} == before

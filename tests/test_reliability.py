@@ -149,9 +149,9 @@ def quick_backoff(monkeypatch):
 def moto_direct(moto_server):
     """boto3 straight at the (reset) moto server: what AWS holds, not what we say."""
     import boto3
+    from emr_helpers import reset_moto
 
-    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset",
-                                                  method="POST"), timeout=10).read()
+    reset_moto(moto_server)
     return boto3.client("emr", endpoint_url=moto_server, region_name="us-east-1",
                         aws_access_key_id="testing", aws_secret_access_key="testing")
 

@@ -49,7 +49,8 @@ class NotFound(EmrError):
 
 
 class Conflict(EmrError):
-    """The resource is in a state that refuses the operation (termination protection)."""
+    """The resource is in a state that refuses the operation (termination protection), or
+    the account lacks what it needs (a start's service role or instance profile)."""
 
     http_status = 409
     title = "Conflict"

@@ -736,7 +736,8 @@ class Provider:
                                  "and later have it): the cluster has no idle timeout; end "
                                  "it with 'cms emr stop', or use --ttl and 'cms emr reap'")
         if not options.get("no_check"):
-            self._check_instance_types(release, list(dict.fromkeys(wanted)))
+            self._preflight(request, wanted, "--release" if options.get("release")
+                            else "ReleaseLabel")
 
         name = request["Name"]
         token = str(idempotency_key) if idempotency_key is not None else uuid.uuid4().hex
@@ -1813,7 +1814,8 @@ class Provider:
 
     # ---- doctor ------------------------------------------------------------------------
 
-    # (check, method, fast): fast ones also run before every start (unless --no-check)
+    # (check, method, fast): the fast ones also run before every start (unless --no-check),
+    # where the first that fails stops the start with its error, before RunJobFlow
     DOCTOR_CHECKS = (
         ("credentials", "_doctor_credentials", False),
         ("service role", "_doctor_service_role", True),
@@ -1830,7 +1832,8 @@ class Provider:
         """Check what a launch with these options needs, before it costs a failed launch:
         one record per check with Status OK, WARN or FAIL, what was found and the fix.
         ``fix`` first creates EMR's default roles and instance profile (as
-        ``aws emr create-default-roles`` does) when they are missing; nothing else."""
+        ``aws emr create-default-roles`` does) when they are missing; nothing else.
+        ``fast``: only the checks ``start`` makes too."""
         from cloudmesh.emr.api import jobflow
 
         self.warnings = []
@@ -1845,22 +1848,54 @@ class Provider:
                                  f"{'key pair name' if key == 'key' else 'subnet id'} like "
                                  f"{example}")
         request, wanted = jobflow.build("doctor", self.settings, config=config, **build)
-        plan = {"request": request, "wanted": list(dict.fromkeys(wanted)), "supported": None}
         results = []
         if fix:
             results.extend(self._create_default_roles(request))
+        plan = self._plan(request, wanted, "--release" if build.get("release") else
+                          "ReleaseLabel")
+        results.extend(record for record, _, _ in self._checks(plan, fast=fast))
+        return results
+
+    @staticmethod
+    def _plan(request, wanted, release_option):
+        """What the checks read: the RunJobFlow request, the instance types asked (option,
+        type), and the option that named the release (for a start's error)."""
+        return {"request": request, "wanted": list(dict.fromkeys(wanted)),
+                "release option": release_option}
+
+    def _checks(self, plan, fast=False):
+        """Run DOCTOR_CHECKS (with ``fast``, the fast ones): [(record, error, made)], where
+        ``error`` is what a start raises for a FAIL and ``made`` is False for a check the
+        endpoint cannot answer (an operation it does not implement)."""
+        done = []
         for check, method, quick in self.DOCTOR_CHECKS:
             if fast and not quick:
                 continue
+            error, made = None, True
             try:
-                status, detail, remedy = getattr(self, method)(plan)
-            except EmrError as error:  # a check that cannot be made is a warning
-                unknown = "does not implement" in error.message
-                status, detail = ("WARN" if unknown else "FAIL"), error.message
-                remedy = "" if unknown else "see the message"
-            results.append({"Id": check, "Check": check, "Status": status, "Detail": detail,
-                            "Fix": remedy or "", "Time": now()})
-        return results
+                status, detail, remedy, *raised = getattr(self, method)(plan)
+                error = raised[0] if raised else None
+            except EmrError as failure:  # a check that cannot be made is a warning
+                made = "does not implement" not in failure.message
+                status, detail = ("FAIL" if made else "WARN"), failure.message
+                remedy = "see the message" if made else ""
+                error = failure if made else None
+            if status == "FAIL" and error is None:
+                error = EmrError(f"{check}: {detail}" + (f"; fix: {remedy}" if remedy else ""))
+            done.append(({"Id": check, "Check": check, "Status": status, "Detail": detail,
+                          "Fix": remedy or "", "Time": now()}, error, made))
+        return done
+
+    def _preflight(self, request, wanted, release_option):
+        """doctor's fast checks (roles, release, instance types) before a start: the first
+        that fails raises its error, so no cluster is made; one that could not be made (AWS
+        denied the read) is a warning; one the endpoint does not implement is skipped."""
+        for record, error, made in self._checks(self._plan(request, wanted, release_option),
+                                                fast=True):
+            if error is not None:
+                raise error
+            if record["Status"] == "WARN" and made:
+                self.warnings.append(record["Detail"])
 
     def _aws_code(self, call):
         """(answer, None) or (None, botocore error code) of a call whose refusal is an answer."""
@@ -1877,41 +1912,59 @@ class Provider:
             who = sts.get_caller_identity()
         return "OK", f"account {who['Account']}", ""
 
+    def _doctor_role(self, what, name, default, found, code):
+        """What the read of a role or instance profile says: (status, detail, fix, error).
+        Missing is a FAIL whose error (a start's) names it and the fix; a read AWS denies
+        is a WARN (a start goes on without the check)."""
+        if found is None and code in DENIED:
+            return "WARN", f"cannot read the IAM {what} {name} ({code}): not checked", \
+                "allow iam:GetRole and iam:GetInstanceProfile to check it", None
+        if found is None:
+            fix = ("cms emr doctor --fix (or: aws emr create-default-roles)" if name == default
+                   else f"create the {what} {name}, or use {default} (cms emr doctor --fix "
+                   "makes it)")
+            return "FAIL", f"the {what} {name} does not exist ({code})", fix, Conflict(
+                f"the {what} {name} does not exist in this account: {fix}; nothing started")
+        return "OK", f"{name} exists", "", None
+
     def _doctor_service_role(self, plan):
         name = plan["request"].get("ServiceRole") or "EMR_DefaultRole"
         iam = self.client("iam")
         with self._aws(f"read the IAM role {name}"):
             found, code = self._aws_code(lambda: iam.get_role(RoleName=name))
-        if found is None:
-            return "FAIL", f"the service role {name} does not exist ({code})", \
-                "cms emr doctor --fix (or: aws emr create-default-roles)"
-        return "OK", f"{name} exists", ""
+        return self._doctor_role("service role", name, "EMR_DefaultRole", found, code)
 
     def _doctor_instance_profile(self, plan):
-        name = plan["request"].get("JobFlowRole") or "EMR_EC2_DefaultRole"
+        name = plan["request"].get("JobFlowRole") or EC2_DEFAULT_ROLE
         iam = self.client("iam")
         with self._aws(f"read the IAM instance profile {name}"):
             found, code = self._aws_code(lambda: iam.get_instance_profile(InstanceProfileName=name))
-        if found is None:
-            return "FAIL", f"the instance profile {name} does not exist ({code})", \
-                "cms emr doctor --fix (or: aws emr create-default-roles)"
-        if not found["InstanceProfile"].get("Roles"):
-            return "FAIL", f"the instance profile {name} holds no role", \
-                f"aws iam add-role-to-instance-profile --instance-profile-name {name} " \
-                f"--role-name {name}"
-        return "OK", f"{name} exists", ""
+        if found is not None and not found["InstanceProfile"].get("Roles"):
+            remedy = (f"aws iam add-role-to-instance-profile --instance-profile-name {name} "
+                      f"--role-name {name}")
+            return "FAIL", f"the instance profile {name} holds no role", remedy, Conflict(
+                f"the instance profile {name} holds no role: {remedy}; nothing started")
+        return self._doctor_role("instance profile", name, EC2_DEFAULT_ROLE, found, code)
 
     def _doctor_release(self, plan):
         release = plan["request"]["ReleaseLabel"]
+        option = plan["release option"]
         emr = self.client("emr")
         with self._aws(f"describe the release {release}"):
             found, code = self._aws_code(lambda: emr.describe_release_label(ReleaseLabel=release))
+        if found is None and code in DENIED:
+            return "WARN", f"cannot describe the release {release} ({code}): not checked", \
+                "allow elasticmapreduce:DescribeReleaseLabel to check it", None
         if found is None:
             return "FAIL", f"{release} is not a release EMR knows in {self.region} ({code})", \
-                "pick one of 'aws emr list-release-labels'"
+                "pick one of 'aws emr list-release-labels'", NotOffered(
+                    f"{option}: '{shorten(release)}' is not a release label EMR knows in "
+                    f"{self.region} ({code}): pick one of 'aws emr list-release-labels'")
         names = {a.get("Name", "").lower() for a in found.get("Applications", [])}
         if "spark" not in names:
-            return "FAIL", f"{release} does not include Spark", "pick a release with Spark"
+            return "FAIL", f"{release} does not include Spark", "pick a release with Spark", \
+                UsageError(f"{option}: {release} does not include Spark: pick a release with "
+                           "Spark (emr-7.x has it)")
         return "OK", f"{release} includes Spark", ""
 
     def _doctor_types(self, plan):
@@ -1920,8 +1973,8 @@ class Provider:
         self.warnings = []
         try:
             self._check_instance_types(release, plan["wanted"])
-        except UsageError as error:
-            return "FAIL", error.message, "pick a supported type with at least 2 vCPUs"
+        except UsageError as error:  # NotOffered (404) or a single vCPU (400), as raised
+            return "FAIL", error.message, "pick a supported type with at least 2 vCPUs", error
         finally:
             said, self.warnings = self.warnings, saved
         if said:

@@ -186,7 +186,7 @@ class EmrCommand(PluginCommand):
                            (cloudmesh:expires); 'cms emr reap' ends it then
           --max-cost=DOLLARS  tag the cluster with a spending limit in USD
                            (cloudmesh:max-cost); 'cms emr reap' ends it past it
-          --no-check       start without checking the instance types first
+          --no-check       start without checking roles, release and types first
           --dry-run        reap: say what would be ended and why; end nothing
           --idle=DURATION  reap: also end clusters idle this long
           --cached         list clusters from the database, without asking AWS
