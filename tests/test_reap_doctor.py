@@ -105,6 +105,45 @@ def test_without_idle_an_idle_cluster_stays(cms, emr, five):
     assert would == {"expired", "costly"}
 
 
+def test_idle_without_isidle_data_is_no_step_running_or_pending_since(cms, emr, cm,
+                                                                     monkeypatch):
+    """CloudWatch has no IsIdle data points of these clusters (EMR publishes none, say, for a
+    cluster that is new to CloudWatch): reap falls back on the steps. Two clusters made two
+    hours ago by moto's clock, one quiet and one with a running step, and one made now."""
+    from moto.emr import models
+
+    earlier = datetime.datetime.now(UTC) - datetime.timedelta(hours=2)
+    with monkeypatch.context() as clock:
+        clock.setattr(models, "utcnow", lambda: earlier)
+        quiet, busy = cluster(emr, "quiet"), cluster(emr, "busy")
+        emr.add_job_flow_steps(JobFlowId=busy, Steps=[{
+            "Name": "long", "ActionOnFailure": "CONTINUE",
+            "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["sleep", "9999"]}}])
+    fresh = cluster(emr, "fresh")
+    import boto3
+
+    cloudwatch = boto3.client("cloudwatch", region_name="us-east-1")
+    assert cloudwatch.list_metrics(Namespace="AWS/ElasticMapReduce")["Metrics"] == []
+    [step] = emr.list_steps(ClusterId=busy)["Steps"]
+    assert step["Status"]["State"] in ("PENDING", "RUNNING")
+    ready = emr.describe_cluster(ClusterId=quiet)["Cluster"]["Status"]["Timeline"][
+        "ReadyDateTime"]
+
+    result = cms("reap", "--idle=1h", "--format=json")
+    assert result.code == 0, result.err
+    records = {r["Name"]: r for r in json.loads(result.out)}
+    assert records["quiet"]["Decision"] == "reap"
+    [reason] = records["quiet"]["Reasons"]
+    assert reason.startswith("idle since ")
+    since = datetime.datetime.fromisoformat(reason.split()[-1].replace("Z", "+00:00"))
+    assert abs((since - ready).total_seconds()) < 1
+    assert (records["busy"]["Decision"], records["fresh"]["Decision"]) == ("keep", "keep")
+    assert state(emr, quiet) in ("TERMINATING", "TERMINATED")
+    assert state(emr, busy) == "RUNNING" and state(emr, fresh) == "WAITING"
+    [reaped] = [d for d in cm.docs("aws", "action") if d["Action"] == "reap"]
+    assert reaped["Target"] == quiet and reaped["Request"]["Reasons"] == [reason]
+
+
 def test_start_tags_the_limits_and_an_hour_idle_timeout(cms, emr, cm):
     result = cms("start", "limited", "--ttl=2h", "--max-cost=7.50")
     assert result.code == 0, result.err
@@ -246,7 +285,27 @@ def test_doctor_all_well(cms, fixed):
     found = checks(result)
     assert found["credentials"]["Detail"].startswith("account ")
     assert fixed.credentials.secret_access_key not in result.out
-    assert {r["Status"] for name, r in found.items() if name != "vCPU quota"} == {"OK"}
+    assert {r["Status"] for r in found.values()} == {"OK"}
+
+
+def test_doctor_vcpu_quota_from_service_quotas(cms, fixed):
+    """The emulator answers EC2's on-demand standard vCPU quota (an emulated value): a
+    launch that asks for more vCPUs than it allows fails the check."""
+    quotas = fixed.client("service-quotas")
+    limit = quotas.get_service_quota(ServiceCode="ec2", QuotaCode="L-1216C47A")["Quota"]["Value"]
+    fits = cms("doctor", "--loguri=s3://doctor-logs/logs/", "--count=3", "--format=json")
+    assert fits.code == 0, fits.out
+    assert checks(fits)["vCPU quota"]["Status"] == "OK"
+    assert checks(fits)["vCPU quota"]["Detail"].startswith(f"12 vCPUs asked of {limit:g}")
+    count = int(limit // 4) + 1  # m5.xlarge instances have 4 vCPUs each
+    too_many = cms("doctor", "--loguri=s3://doctor-logs/logs/", f"--count={count}",
+                   "--format=json")
+    assert too_many.code == 1
+    found = checks(too_many)
+    assert {name for name, r in found.items() if r["Status"] == "FAIL"} == {"vCPU quota"}
+    assert found["vCPU quota"]["Detail"].startswith(f"{4 * count} vCPUs asked, the quota is "
+                                                    f"{limit:g}")
+    assert "request-service-quota-increase" in found["vCPU quota"]["Fix"]
 
 
 @pytest.mark.parametrize("args, failing", [

@@ -175,6 +175,9 @@ def serve(host, port, state_dir, delay, time_scale=1.0):
     from cloudmesh.emr.local import pricing
 
     pricing.register()  # the Price List API, answered from the shipped (dated) table
+    from cloudmesh.emr.local import quotas
+
+    quotas.register()  # EC2's vCPU quotas in Service Quotas, from an emulated table
     from cloudmesh.emr.local import persist
 
     try:
