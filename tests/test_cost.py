@@ -150,3 +150,118 @@ def test_billing_is_per_second_with_a_one_minute_minimum():
                            lambda *_: price, now)
     assert record["DollarsSoFar"] == pytest.approx((60 + 5400 + 7200) * 0.36 / 3600)
     assert record["DollarsPerHour"] == pytest.approx(0.36)  # one instance still runs
+
+
+def spot_now(emulator, instance_type, zone):
+    """The newest spot price of the type in the zone, read with boto3."""
+    history = emulator.client("ec2").describe_spot_price_history(
+        InstanceTypes=[instance_type], ProductDescriptions=["Linux/UNIX"],
+        Filters=[{"Name": "availability-zone", "Values": [zone]}])["SpotPriceHistory"]
+    return float(max(history, key=lambda e: e["Timestamp"])["SpotPrice"])
+
+
+def test_an_instance_fleet_cluster_at_its_on_demand_and_spot_prices(cms, local):
+    """Fleets: on-demand capacity at the Price List's prices, spot capacity at the zone's
+    spot price plus EMR's charge (a fleet with both is priced apart, each instance at its
+    own market, as ListInstances shows it); the dollars match the instances' timelines."""
+    def fleet(role, instance_type, on_demand=0, spot=0):
+        return {"InstanceFleetType": role, "TargetOnDemandCapacity": on_demand,
+                "TargetSpotCapacity": spot,
+                "InstanceTypeConfigs": [{"InstanceType": instance_type}]}
+
+    emr = local.client("emr")
+    cluster_id = emr.run_job_flow(
+        Name="fleets", ReleaseLabel="emr-7.1.0", Applications=[{"Name": "Spark"}],
+        Instances={"InstanceFleets": [fleet("MASTER", "m5.xlarge", on_demand=1),
+                                      fleet("CORE", "m5.xlarge", on_demand=2),
+                                      fleet("TASK", "c5.xlarge", on_demand=1, spot=2)],
+                   "KeepJobFlowAliveWhenNoSteps": True},
+        JobFlowRole="EMR_EC2_DefaultRole", ServiceRole="EMR_DefaultRole")["JobFlowId"]
+    described = local.wait_cluster(cluster_id, ("WAITING",))
+    try:
+        zone = described["Ec2InstanceAttributes"]["Ec2AvailabilityZone"]
+        spot = spot_now(local, "c5.xlarge", zone)
+        fleets = {f["InstanceFleetType"]: f
+                  for f in emr.list_instance_fleets(ClusterId=cluster_id)["InstanceFleets"]}
+        assert (fleets["TASK"]["ProvisionedOnDemandCapacity"],
+                fleets["TASK"]["ProvisionedSpotCapacity"]) == (1, 2)
+        markets = sorted(i["Market"] for i in emr.list_instances(
+            ClusterId=cluster_id, InstanceFleetType="TASK")["Instances"])
+        assert markets == ["ON_DEMAND", "SPOT", "SPOT"]
+
+        result = cms("cost", cluster_id, "--format=json")
+        assert result.code == 0, result.err
+        [cluster] = json.loads(result.out)["Clusters"]
+        rows = {(row["Role"], row["Market"]): row for row in cluster["Groups"]}
+        assert set(rows) == {("MASTER", "ON_DEMAND"), ("CORE", "ON_DEMAND"),
+                             ("TASK", "ON_DEMAND"), ("TASK", "SPOT")}
+        assert {row["GroupId"] for (role, _), row in rows.items() if role == "TASK"} == {
+            fleets["TASK"]["Id"]}
+        assert [rows[key]["Running"] for key in sorted(rows)] == [2, 1, 1, 2]
+        core, task, spotted = rows["CORE", "ON_DEMAND"], rows["TASK", "ON_DEMAND"], \
+            rows["TASK", "SPOT"]
+        assert core["HourlyPrice"] == pytest.approx(M5["ec2"] + M5["emr"])
+        assert core["PriceSource"] == task["PriceSource"] == "Price List API"
+        assert task["HourlyPrice"] == pytest.approx(C5["ec2"] + C5["emr"])
+        assert (spotted["Ec2Price"], spotted["EmrPrice"]) == pytest.approx((spot, C5["emr"]))
+        assert spotted["PriceSource"] == f"spot {zone}"
+        assert cluster["DollarsPerHour"] == pytest.approx(
+            3 * (M5["ec2"] + M5["emr"]) + (C5["ec2"] + C5["emr"]) + 2 * (spot + C5["emr"]))
+    finally:
+        ended(local, cluster_id)
+    after = json.loads(cms("cost", cluster_id, "--format=json").out)["Clusters"][0]
+    expected = 0.0
+    for instance in emr.list_instances(ClusterId=cluster_id)["Instances"]:
+        timeline = instance["Status"]["Timeline"]
+        seconds = (timeline["EndDateTime"] - timeline["CreationDateTime"]).total_seconds()
+        price = {"m5.xlarge": M5["ec2"], "c5.xlarge": C5["ec2"]}[instance["InstanceType"]]
+        if instance["Market"] == "SPOT":
+            price = spot
+        emr_price = {"m5.xlarge": M5["emr"], "c5.xlarge": C5["emr"]}[instance["InstanceType"]]
+        expected += max(60, seconds) * (price + emr_price) / 3600
+    assert after["DollarsSoFar"] == pytest.approx(expected, abs=1e-9)
+    assert after["DollarsPerHour"] == 0
+
+
+def test_prices_come_back_from_the_database_for_a_day(cms, local, cm, monkeypatch):
+    """The first `cost` asks the Price List API and keeps the prices (kind price); a second
+    asks it nothing; a price kept more than a day ago is asked again."""
+    from cloudmesh.emr.api import provider
+
+    calls = []
+    made = provider.botocore_session
+
+    def counted():
+        session = made()
+        session.register("before-call.pricing.GetProducts",
+                         lambda **kw: calls.append(kw["model"].name))
+        return session
+
+    monkeypatch.setattr(provider, "botocore_session", counted)
+    cluster_id = start(local)
+    try:
+        first = cms("cost", cluster_id, "--format=json")
+        assert first.code == 0, first.err
+        assert calls == ["GetProducts", "GetProducts"]  # EC2's price and EMR's, of m5.xlarge
+        prices = cm.db["local-emr-price"]
+        [kept] = list(prices.find())
+        assert (kept["InstanceType"], kept["Ec2"], kept["Emr"]) == (
+            "m5.xlarge", pytest.approx(M5["ec2"]), pytest.approx(M5["emr"]))
+
+        calls.clear()
+        second = cms("cost", cluster_id, "--format=json")
+        assert second.code == 0, second.err
+        assert calls == []
+        rows = json.loads(second.out)["Clusters"][0]["Groups"]
+        assert {row["PriceSource"] for row in rows} == {"Price List API"}
+        assert rows[0]["HourlyPrice"] == pytest.approx(M5["ec2"] + M5["emr"])
+
+        old = datetime.datetime.now(UTC) - datetime.timedelta(days=1, minutes=1)
+        prices.update_one({"_id": kept["_id"]}, {"$set": {"Fetched": old}})
+        third = cms("cost", cluster_id, "--format=json")
+        assert third.code == 0, third.err
+        assert calls == ["GetProducts", "GetProducts"]
+        [again] = list(prices.find())
+        assert again["Fetched"] > old + datetime.timedelta(days=1)
+    finally:
+        ended(local, cluster_id)

@@ -102,25 +102,28 @@ def estimate(cluster, groups, instances, price_of, now):
 
     ``price_of(instance_type, market)`` gives {"ec2", "emr", "source"} (USD per
     instance-hour; ec2 is the spot price for SPOT) or None when no price is known.
-    One row per group (or fleet) and instance type: its instances running now, the
-    hourly price of one, dollars per hour now and dollars so far."""
+    One row per group (or fleet), instance type and market (a fleet's on-demand and spot
+    capacity are priced apart): its instances running now, the hourly price of one,
+    dollars per hour now and dollars so far."""
     rows = {}
     order = {"MASTER": 0, "CORE": 1, "TASK": 2}
     for group in groups:
-        types = [group["InstanceType"]] if group.get("InstanceType") else []
-        for instance_type in types:
-            rows[(group["Id"], instance_type)] = {
-                "GroupId": group["Id"], "Role": role(group), "InstanceType": instance_type,
-                "Market": group.get("Market") or "ON_DEMAND", "Running": 0, "Instances": 0,
-                "Seconds": 0.0, "DollarsSoFar": 0.0}
+        if group.get("InstanceType"):
+            market = group.get("Market") or "ON_DEMAND"
+            rows[(group["Id"], group["InstanceType"], market)] = {
+                "GroupId": group["Id"], "Role": role(group),
+                "InstanceType": group["InstanceType"], "Market": market, "Running": 0,
+                "Instances": 0, "Seconds": 0.0, "DollarsSoFar": 0.0}
     roles = {group["Id"]: role(group) for group in groups}
     markets = {group["Id"]: group.get("Market") for group in groups}
     for instance in instances:
-        key = (group_of(instance), instance.get("InstanceType"))
+        group_id = group_of(instance)
+        key = (group_id, instance.get("InstanceType"),
+               instance.get("Market") or markets.get(group_id) or "ON_DEMAND")
         row = rows.setdefault(key, {
             "GroupId": key[0], "Role": roles.get(key[0], ""), "InstanceType": key[1],
-            "Market": instance.get("Market") or markets.get(key[0]) or "ON_DEMAND",
-            "Running": 0, "Instances": 0, "Seconds": 0.0, "DollarsSoFar": 0.0})
+            "Market": key[2], "Running": 0, "Instances": 0, "Seconds": 0.0,
+            "DollarsSoFar": 0.0})
         start, end = timeline(instance)
         running = end is None and instance.get("Status", {}).get("State") not in (
             "TERMINATED", "AWAITING_FULFILLMENT")
@@ -143,7 +146,7 @@ def estimate(cluster, groups, instances, price_of, now):
                    PriceSource=price["source"], DollarsPerHour=hourly * row["Running"],
                    DollarsSoFar=sum(s * hourly / 3600 for s in seconds))
     ordered = sorted(rows.values(), key=lambda r: (order.get(r["Role"], 3), r["GroupId"] or "",
-                                                   r["InstanceType"] or ""))
+                                                   r["InstanceType"] or "", r["Market"]))
     state = cluster.get("Status", {}).get("State")
     return {
         "Id": cluster["Id"], "ClusterId": cluster["Id"], "Name": cluster.get("Name"),

@@ -133,6 +133,7 @@ class Instance(moto_models.Instance):
                          instance_fleet_id=fleet.id if fleet else None,
                          instance_id=f"ci-{random_id()}")
         self.fleet = fleet
+        self.fleet_market = None  # of a fleet's instance: ON_DEMAND or SPOT capacity
         self.ended = None  # when the instance alone ended (a fleet shrank)
         self.kept = {
             "public_dns_name": ec2_instance.public_dns_name,
@@ -147,7 +148,9 @@ class Instance(moto_models.Instance):
 
     @property
     def market(self):
-        return self.fleet.market if self.fleet else self.instance_group.market
+        if self.fleet:
+            return self.fleet_market or self.fleet.market
+        return self.instance_group.market
 
     @property
     def public_dns_name(self):
@@ -241,6 +244,12 @@ class InstanceFleet:
         return "SPOT" if self.target_spot_capacity and not self.target_on_demand_capacity \
             else "ON_DEMAND"
 
+    def next_market(self, instances):
+        """EMR rule: a fleet meets its on-demand target first, the rest is spot capacity."""
+        on_demand = sum(self.weight for i in instances
+                        if i.fleet is self and i.ended is None and i.market == "ON_DEMAND")
+        return "ON_DEMAND" if on_demand < self.target_on_demand_capacity else "SPOT"
+
     @property
     def instance_type(self):
         """The type the emulator launches: the first of the fleet's InstanceTypeConfigs."""
@@ -273,10 +282,10 @@ class InstanceFleet:
 
     def provisioned(self, instances):
         """Provisioned capacities from the fleet's live instances, split by market."""
-        live = sum(self.weight for i in instances if i.fleet is self and i.ended is None)
-        spot = self.market == "SPOT"
-        self.provisioned_spot_capacity = live if spot else 0
-        self.provisioned_on_demand_capacity = 0 if spot else live
+        live = [i for i in instances if i.fleet is self and i.ended is None]
+        self.provisioned_spot_capacity = sum(self.weight for i in live if i.market == "SPOT")
+        self.provisioned_on_demand_capacity = sum(self.weight for i in live
+                                                  if i.market != "SPOT")
 
 
 class Cluster(moto_models.Cluster):
@@ -601,6 +610,8 @@ class EmulatorBackend(moto_models.ElasticMapReduceBackend):
         added = []
         for ec2_instance in response.instances:
             instance = Instance(ec2_instance, None if fleet else owner, fleet=fleet)
+            if fleet:
+                instance.fleet_market = fleet.next_market(cluster.ec2_instances)
             cluster.add_instance(instance)
             added.append(instance)
         if fleet:

@@ -160,6 +160,7 @@ def snapshot(cluster, now=None):
     instances = [{
         "id": instance.id, "ec2_id": instance.ec2_instance_id, "member": instance.instance_group.id,
         "instance_type": instance.instance_type, "names": dict(instance.kept),
+        "market": getattr(instance, "fleet_market", None),
         "ended": _time(instance.ended or end_time),
     } for instance in cluster.ec2_instances]
     return {
@@ -319,6 +320,7 @@ def restore(backend, snap):
             instance = model.Instance(EndedEc2Instance(entry), None if fleet else owner,
                                               fleet=fleet)
             instance.id = entry["id"]
+            instance.fleet_market = entry.get("market") if fleet else None
             cluster.add_instance(instance)
         for entry in snap.get("steps", []):
             step = model.Step(cluster.id, name=entry.get("name") or "",
