@@ -273,6 +273,7 @@ TOKEN = "rest-token-never-stored-77"
 def test_no_credential_in_any_document(cm, cms, tmp_path, monkeypatch):
     """Every command with credentials from cloudmesh.yaml; then search every document."""
     import boto3
+    from emr_helpers import make_default_roles
     from moto import mock_aws
 
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
@@ -286,6 +287,7 @@ def test_no_credential_in_any_document(cm, cms, tmp_path, monkeypatch):
         session = boto3.session.Session(aws_access_key_id=ACCESS_ID,
                                         aws_secret_access_key=SECRET, region_name="us-east-1")
         session.client("s3").create_bucket(Bucket="jobs")
+        make_default_roles(session.client("iam"), policies=False)
         cluster = cms("start", "secretive", "--count=2")
         assert cluster.code == 0, cluster.err
         cid = cluster.out.strip()

@@ -785,6 +785,9 @@ def test_cms_local_start_status_stop_and_cloud_local_without_a_profile(
         again = cms_process("emr", "local", "start")
         assert again.code == 0 and "already running" in again.out and endpoint in again.out
 
+        # a new account: the roles a start checks for are made first, as a user would
+        fixed = cms_process("emr", "doctor", "--fix", "--cloud=local")
+        assert fixed.code == 0, fixed.out + fixed.err
         made = cms_process("emr", "start", "no-profile", "--cloud=local", "--count=1")
         assert made.code == 0, made.err
         cluster_id = re.search(r"\bj-[A-Z0-9]+\b", made.out).group(0)

@@ -1107,9 +1107,11 @@ def test_schemathesis_run_checks_all_on_the_emulator_finds_nothing_but_st301(cm,
     hundreds of instances, which would crowd the session's."""
     import time
 
+    from emr_helpers import make_default_roles
     from local_fixtures import start_emulator, stop_emulator
 
     emulator = start_emulator(tmp_path / "emulator")
+    make_default_roles(emulator.client("iam"))  # POST /clusters checks them
     cm.write(clouds=emulator.profile("local"))
     port = free_port()
     base = f"http://127.0.0.1:{port}"

@@ -82,6 +82,8 @@ QUOTA_CODE = "L-1216C47A"
 KEY_NAME = re.compile(r"^[\x20-\x7e]{1,255}$")  # EC2: ASCII, up to 255 characters
 SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{1,17}$")
 EC2_DEFAULT_ROLE = "EMR_EC2_DefaultRole"
+MISSING_ROLE = ("NoSuchEntity", "NoSuchEntityException")  # IAM: no such role or profile
+UNKNOWN_RELEASE = ("ValidationException", "InvalidRequestException")  # EMR: no such label
 MANAGED = "arn:aws:iam::aws:policy/service-role/"
 DEFAULT_ROLES = (
     ("EMR_DefaultRole", ("elasticmapreduce.amazonaws.com",), MANAGED + "AmazonElasticMapReduceRole"),
@@ -1875,13 +1877,18 @@ class Provider:
             try:
                 status, detail, remedy, *raised = getattr(self, method)(plan)
                 error = raised[0] if raised else None
-            except EmrError as failure:  # a check that cannot be made is a warning
+            except EmrError as failure:  # the check could not be made
                 made = "does not implement" not in failure.message
                 status, detail = ("FAIL" if made else "WARN"), failure.message
                 remedy = "see the message" if made else ""
-                error = failure if made else None
-            if status == "FAIL" and error is None:
-                error = EmrError(f"{check}: {detail}" + (f"; fix: {remedy}" if remedy else ""))
+                # before a start, an endpoint that could not be reached or read is a warning
+                # (RunJobFlow comes next, with its own care for lost answers); anything
+                # else (no credentials, no region) stops the start
+                error = failure if made and not isinstance(failure, AwsError) else None
+            else:
+                if status == "FAIL" and error is None:
+                    error = EmrError(f"{check}: {detail}" + (f"; fix: {remedy}" if remedy
+                                                             else ""))
             done.append(({"Id": check, "Check": check, "Status": status, "Detail": detail,
                           "Fix": remedy or "", "Time": now()}, error, made))
         return done
@@ -1889,13 +1896,17 @@ class Provider:
     def _preflight(self, request, wanted, release_option):
         """doctor's fast checks (roles, release, instance types) before a start: the first
         that fails raises its error, so no cluster is made; one that could not be made (AWS
-        denied the read) is a warning; one the endpoint does not implement is skipped."""
+        denied the read, the endpoint could not be reached or read) is a warning; one the
+        endpoint does not implement is skipped."""
         for record, error, made in self._checks(self._plan(request, wanted, release_option),
                                                 fast=True):
             if error is not None:
                 raise error
-            if record["Status"] == "WARN" and made:
-                self.warnings.append(record["Detail"])
+            if record["Status"] != "OK" and made:
+                detail = record["Detail"]
+                self.warnings.append(detail if "not checked" in detail or
+                                     "without the check" in detail
+                                     else f"{detail}; {record['Check']} not checked")
 
     def _aws_code(self, call):
         """(answer, None) or (None, botocore error code) of a call whose refusal is an answer."""
@@ -1919,6 +1930,8 @@ class Provider:
         if found is None and code in DENIED:
             return "WARN", f"cannot read the IAM {what} {name} ({code}): not checked", \
                 "allow iam:GetRole and iam:GetInstanceProfile to check it", None
+        if found is None and code not in MISSING_ROLE:  # a throttle, an endpoint's 5xx
+            return "WARN", f"cannot read the IAM {what} {name} ({code}): not checked", "", None
         if found is None:
             fix = ("cms emr doctor --fix (or: aws emr create-default-roles)" if name == default
                    else f"create the {what} {name}, or use {default} (cms emr doctor --fix "
@@ -1949,12 +1962,27 @@ class Provider:
     def _doctor_release(self, plan):
         release = plan["request"]["ReleaseLabel"]
         option = plan["release option"]
-        emr = self.client("emr")
-        with self._aws(f"describe the release {release}"):
-            found, code = self._aws_code(lambda: emr.describe_release_label(ReleaseLabel=release))
+        # asked once: an endpoint without the operation answers 500, which botocore would
+        # retry for seconds; a lost answer is a warning (ListSupportedInstanceTypes, with
+        # retries, still refuses an unknown release)
+        emr = self.client("emr", once=True)
+        try:
+            with self._aws(f"describe the release {release}"):
+                found, code = self._aws_code(
+                    lambda: emr.describe_release_label(ReleaseLabel=release))
+        except AwsError as error:
+            if "does not implement" in error.message:
+                raise
+            return "WARN", f"{error.message}: not checked", "", None
+        if found is None and code.isdigit():  # no AWS error at all: an emulator without it
+            raise AwsError(f"cannot describe the release {release}: the endpoint does not "
+                           f"implement it (HTTP {code})")
         if found is None and code in DENIED:
             return "WARN", f"cannot describe the release {release} ({code}): not checked", \
                 "allow elasticmapreduce:DescribeReleaseLabel to check it", None
+        if found is None and code not in UNKNOWN_RELEASE:  # not implemented, a 5xx
+            return "WARN", f"cannot describe the release {release} ({code}): not checked", \
+                "", None
         if found is None:
             return "FAIL", f"{release} is not a release EMR knows in {self.region} ({code})", \
                 "pick one of 'aws emr list-release-labels'", NotOffered(
