@@ -6,6 +6,7 @@ boto3 itself; it turns errors into one ``ERROR:`` line and an exit code
 (0 success, 1 the operation failed, 2 bad input).
 """
 
+import functools
 import os
 import sys
 
@@ -87,6 +88,46 @@ class StateLine:
 def warn(line):
     """One line on stderr, whatever the message held."""
     print(" ".join(str(line).split()), file=sys.stderr, flush=True)
+
+
+@functools.lru_cache(maxsize=2)
+def _grammar(usage):
+    """(usage, options, pattern) of the usage text, parsed and fixed once per process, as
+    docopt-ng's docopt() does on every call (about 50 ms of every command); None with
+    another docopt (classic docopt, which cmd5 pins), which then parses each time."""
+    import docopt
+
+    try:
+        sections = docopt.parse_docstring_sections(usage)
+        docopt.lint_docstring(sections)
+        options = [*docopt.parse_options(sections.before_usage),
+                   *docopt.parse_options(sections.after_usage)]
+        pattern = docopt.parse_pattern(docopt.formal_usage(sections.usage_body), options)
+        known = set(pattern.flat(docopt.Option))
+        for shortcut in pattern.flat(docopt.OptionsShortcut):
+            shortcut.children = [option for option in options if option not in known]
+        pattern.fix()
+    except AttributeError:  # not docopt-ng
+        return None
+    return sections.usage_header + sections.usage_body, options, pattern
+
+
+def _match(grammar, argv):
+    """docopt-ng's docopt(usage, argv, default_help=False) on a parsed grammar: matching
+    reads the pattern and never changes it; the lists it answers are copies."""
+    import docopt
+
+    usage, options, pattern = grammar
+    docopt.DocoptExit.usage = usage
+    given = docopt.parse_argv(docopt.Tokens(argv), list(options), False)
+    matched, left, collected = pattern.match(given)
+    if matched and left == []:
+        return docopt.ParsedOptions(
+            (a.name, list(a.value) if isinstance(a.value, list) else a.value)
+            for a in pattern.flat() + collected)
+    if left:
+        raise docopt.DocoptExit(f"Warning: found unmatched (duplicate?) arguments {left}")
+    raise docopt.DocoptExit(collected=collected, left=left)
 
 
 class EmrCommand(PluginCommand):
@@ -267,9 +308,13 @@ class EmrCommand(PluginCommand):
 
         from docopt import DocoptExit, docopt
 
-        # docopt-ng calls it default_help; classic docopt (which cmd5 pins) calls it help
-        flag = "default_help" if "default_help" in inspect.signature(docopt).parameters else "help"
         try:
+            grammar = _grammar(cls.usage())
+            if grammar is not None:
+                return _match(grammar, list(argv))
+            # docopt-ng calls it default_help; classic docopt (which cmd5 pins) calls it help
+            flag = "default_help" if "default_help" in inspect.signature(docopt).parameters \
+                else "help"
             return docopt(cls.usage(), argv=list(argv), version=None, **{flag: False})
         except DocoptExit:
             given = " ".join(argv) or "nothing"
