@@ -30,7 +30,8 @@ demo: install
 bench: install $(AWSCLI_VENV)/bin/aws
 	$(BIN)/python bench/run.py
 
-# moto's own EMR tests and an AWS CLI lifecycle against a fresh emulator (not in `test`)
+# moto's own EMR tests and an AWS CLI lifecycle against a fresh emulator, and the long
+# runs of tests/ (pytest -m conformance; `test` leaves them out, see pytest.ini)
 conformance: install $(AWSCLI_VENV)/bin/aws
 	AWSCLI_VENV=$(AWSCLI_VENV) $(BIN)/python conformance/run.py
 
