@@ -442,3 +442,36 @@ def test_start_on_the_emulator_checks_the_release_and_the_roles(cms, no_roles):
     assert unknown.code == 2 and one_error_line(unknown.err), unknown.err
     assert "emr-0.1.0" in unknown.err and "list-release-labels" in unknown.err
     assert {c["Id"] for c in emr.list_clusters()["Clusters"]} == before
+
+
+def test_start_goes_on_with_a_warning_when_iam_may_not_be_read(cms, emr, monkeypatch):
+    """A launch-only user: IAM answers AccessDenied to every read (what AWS answers, given
+    through botocore's own before-call event): the role checks are warnings, not errors."""
+    from cloudmesh.emr.api import provider
+
+    made = provider.botocore_session
+    denied = []
+
+    def deny(model, **_):
+        from botocore.awsrequest import AWSResponse
+
+        denied.append(model.name)
+        return (AWSResponse("https://iam.amazonaws.com/", 403, {}, None),
+                {"Error": {"Code": "AccessDenied", "Message": "not authorized"},
+                 "ResponseMetadata": {"HTTPStatusCode": 403}})
+
+    def refusing():
+        session = made()
+        session.register("before-call.iam", deny)
+        return session
+
+    monkeypatch.setattr(provider, "botocore_session", refusing)
+    result = cms("start", "launch-only", "--count=1")
+    assert result.code == 0, result.err
+    assert {"GetRole", "GetInstanceProfile"} <= set(denied)
+    warnings = [line for line in result.err.splitlines() if line.startswith("WARNING")]
+    assert any("EMR_DefaultRole" in w and "AccessDenied" in w and "not checked" in w
+               for w in warnings), result.err
+    assert any("EMR_EC2_DefaultRole" in w and "AccessDenied" in w for w in warnings)
+    [cluster] = emr.list_clusters()["Clusters"]
+    assert cluster["Id"] == result.out.split()[0] and cluster["Name"] == "launch-only"
