@@ -656,6 +656,12 @@ def warm():
     import bson.errors  # noqa: F401
     import pymongo.errors  # noqa: F401
 
+    try:  # the usage grammar, parsed once here (command/emr.py keeps it) for every child
+        from cloudmesh.emr.command.emr import EmrCommand
+
+        EmrCommand.parse(["--version"])
+    except Exception:  # a parser that keeps nothing: each command parses, as by itself
+        pass
     from cloudmesh.emr.api.provider import botocore_session
 
     session = botocore_session()  # the process's shared loader of service models
