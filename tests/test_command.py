@@ -1097,3 +1097,22 @@ def test_words_that_fit_no_usage_are_exit_2(cms, args):
     assert one_error_line(result.err), result.err
     assert "cms emr --help" in result.err
     assert result.out == ""
+
+
+def test_many_providers_share_one_model_loader_that_does_not_grow(aws):
+    """Every Provider (the REST service makes many) shares the process's loader of service
+    models; boto3's session for S3 must not add its data folder to it again each time."""
+    import boto3
+
+    from cloudmesh.emr.api.provider import Provider, botocore_session
+
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="loader-bucket")
+    loaders = set()
+    for _ in range(3):
+        provider = Provider()
+        s3 = provider.client("s3")
+        assert s3.list_buckets()["Buckets"][0]["Name"] == "loader-bucket"
+        loaders.add(id(provider.client("emr")._loader))
+    paths = botocore_session().get_component("data_loader").search_paths
+    assert len(loaders) == 1
+    assert len(paths) == len(set(paths)), paths

@@ -335,6 +335,11 @@ class Provider:
                     import boto3
 
                     make = boto3.session.Session(botocore_session=self._session).client
+                    # boto3 adds its own data folder to the loader each time, and the
+                    # loader is the process's: keep each folder once (the REST service
+                    # makes a Provider per request)
+                    paths = self._session.get_component("data_loader").search_paths
+                    paths[:] = list(dict.fromkeys(paths))
                 else:
                     make = self._session.create_client
                 client = make(service, endpoint_url=self._endpoint, config=config,
