@@ -141,6 +141,38 @@ def test_list_through_the_agent_is_the_in_process_output(world):
     assert sorted(c["Id"] for c in listed) == sorted(made)
 
 
+def test_the_installed_cms_script_starts_an_agent_that_serves_it(world):
+    """As a user runs it: the console script of the install, with no PYTHONPATH; the first
+    command starts the agent in the background, the next one is run by it."""
+    script = Path(sys.executable).with_name("cms")
+    env = {key: value for key, value in world.env.items() if key != "PYTHONPATH"}
+    installed = subprocess.run([sys.executable, "-c", "import cloudmesh.emr.agent"], env=env,
+                               capture_output=True)
+    if not script.exists() or installed.returncode:
+        pytest.skip("cloudmesh-emr is not installed in this interpreter (make install)")
+    made = clusters(world.endpoint, 1)
+
+    def cms(*args):
+        done = subprocess.run([str(script), "emr", *args], capture_output=True, text=True,
+                              env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def status():  # this environment's agent (PYTHON* variables are part of its key)
+        return json.loads(cms("agent", "status", "--format=json"))
+
+    try:
+        assert made[0] in cms("list", "clusters")  # runs here, starts the agent
+        wait_for(lambda: status().get("Agent") == "running", 60,
+                 what="the agent the first command started")
+        before = status()["Commands"]
+        assert made[0] in cms("list", "clusters")
+        assert status()["Commands"] == before + 1
+    finally:
+        cms("agent", "stop")
+    assert status()["Agent"] == "not running"
+
+
 def test_bad_input_exit_2_one_error_line(world):
     world.start()
     done = world.cms("list", "clusters", "--format=bogus")
