@@ -44,8 +44,8 @@ class World:
     def command(self, *args):
         return [sys.executable, "-m", "cloudmesh.emr", *map(str, args)]
 
-    def cms(self, *args, env=None, input=None, timeout=120):
-        done = subprocess.run(self.command(*args), capture_output=True, text=True,
+    def cms(self, *args, env=None, input=None, timeout=120, cwd=None):
+        done = subprocess.run(self.command(*args), capture_output=True, text=True, cwd=cwd,
                               input=input, timeout=timeout, env={**self.env, **(env or {})})
         return done
 
@@ -417,3 +417,111 @@ def test_a_client_that_gave_up_waiting_is_not_run_again_by_the_agent(world):
     wait_for(lambda: not agent.children(), 30, what="the agent's child to end")
     steps = boto(world.endpoint, "emr").list_steps(ClusterId=cluster)["Steps"]
     assert [step["Id"] for step in steps] == done.stdout.split()
+
+
+def _ignore_sighup():
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def test_a_signal_the_client_ignores_is_ignored_by_the_command(world):
+    """Under nohup (SIGHUP ignored) a command survives a hangup, as it does in-process."""
+    cluster = clusters(world.endpoint, 1)[0]
+    world.start()
+    client = subprocess.Popen(world.command("wait", cluster, "--until=terminated", "--delay=1"),
+                              env=world.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, preexec_fn=_ignore_sighup)
+    try:
+        first = client.stderr.readline()  # running in the agent's child
+        assert first.startswith(f"{cluster}: WAITING"), first
+        assert served(world) == 1
+        client.send_signal(signal.SIGHUP)
+        (child,) = [process for agent in world.agents() for process in agent.children()]
+        child.send_signal(signal.SIGHUP)  # the hangup of a closing terminal reaches both
+        boto(world.endpoint, "emr").terminate_job_flows(JobFlowIds=[cluster])
+        out, err = client.communicate(timeout=120)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert client.returncode == 0, err
+    assert out.splitlines() == [f"{cluster} TERMINATED"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/wchan").exists(), reason="needs Linux /proc")
+def test_a_folder_the_agent_cannot_enter_runs_the_command_in_process(world, tmp_path):
+    """The client's working folder is gone from its path by the time the agent's child
+    would enter it: the child declines before anything runs, the client runs it itself."""
+    made = clusters(world.endpoint, 1)
+    work = tmp_path / "here"
+    work.mkdir()
+    here = world.cms("list", "clusters", env={"CLOUDMESH_EMR_AGENT": "off"}, cwd=work)
+    pid = world.start()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        client = subprocess.Popen(world.command("list", "clusters"), env=world.env, cwd=work,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: _waiting_for_the_agent(client.pid) or client.poll() is not None, 60,
+                 interval=0.02, what="the client to wait for the agent's answer")
+        work.rename(tmp_path / "moved")  # the client's folder, under another name
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    out, err = client.communicate(timeout=120)
+    assert (client.returncode, out, err) == (here.returncode, here.stdout, here.stderr)
+    assert made[0] in out
+    assert "declined a command (cannot enter" in Path(world.paths()["log"]).read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_the_agent_keeps_no_credential_of_the_command_that_started_it(world):
+    world.cm.write(clouds={}, emr={"retry": {"attempts": 1}})
+    made = clusters(world.endpoint, 1)
+    marker = "agent-secret-0123456789"
+    start = world.cms("agent", "start", "--format=json",
+                      env={"AWS_SECRET_ACCESS_KEY": marker, "AWS_SESSION_TOKEN": marker})
+    assert start.returncode == 0, start.stderr
+    pid = json.loads(start.stdout)["Pid"]
+    environ = Path(f"/proc/{pid}/environ").read_bytes()
+    assert marker.encode() not in environ and b"AWS_" not in environ
+    keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": world.endpoint}
+    found = world.cms("list", "clusters", "--cloud=aws", env=keys)
+    assert found.returncode == 0, found.stderr
+    assert made[0] in found.stdout
+    assert served(world) == 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/wchan").exists(), reason="needs Linux /proc")
+def test_ctrl_c_while_waiting_for_the_agent_runs_nothing(world):
+    pid = world.start()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        client = subprocess.Popen(world.command("list", "clusters"), env=world.env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: _waiting_for_the_agent(client.pid) or client.poll() is not None, 60,
+                 interval=0.02, what="the client to wait for the agent's answer")
+        client.send_signal(signal.SIGINT)
+        out, err = client.communicate(timeout=60)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert client.returncode == 130
+    assert (out, err) == ("", "ERROR: interrupted\n")
+
+
+def test_a_relative_config_folder_is_served_by_the_agent(world):
+    config = Path(os.environ["CLOUDMESH_CONFIG_DIR"])
+    made = clusters(world.endpoint, 1)
+    env = {"CLOUDMESH_CONFIG_DIR": config.name}
+
+    def status():
+        done = world.cms("agent", "status", "--format=json", env=env, cwd=config.parent)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    first = world.cms("list", "clusters", env=env, cwd=config.parent)  # starts the agent
+    assert first.returncode == 0, first.stderr
+    wait_for(lambda: status().get("Agent") == "running", 60,
+             what="the agent the first command started")
+    second = world.cms("list", "clusters", env=env, cwd=config.parent)
+    assert (second.returncode, second.stdout) == (0, first.stdout)
+    assert made[0] in second.stdout
+    assert status()["Commands"] == 1

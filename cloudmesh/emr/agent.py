@@ -227,12 +227,14 @@ def _peer_uid(sock):
 
 def _streams():
     """How this process's stdin, stdout and stderr encode text, so the child makes its own
-    alike: [[encoding, errors, line_buffering], ...]."""
+    alike: [[encoding, errors, line_buffering, write_through], ...] (write_through is
+    what python -u and PYTHONUNBUFFERED give)."""
     found = []
     for stream in (sys.stdin, sys.stdout, sys.stderr):
         found.append([getattr(stream, "encoding", None) or "utf-8",
                       getattr(stream, "errors", None) or "strict",
-                      bool(getattr(stream, "line_buffering", False))])
+                      bool(getattr(stream, "line_buffering", False)),
+                      bool(getattr(stream, "write_through", False))])
     return found
 
 
@@ -315,14 +317,14 @@ def run(argv):
     if not os.path.exists(where["socket"]):
         return Outcome(start=True, why="not running")
     try:
-        sock = connect(where)
+        sock = connect(where, timeout=FIRST_ANSWER)  # a hung agent's full queue: not forever
     except OSError:
         return Outcome(start=True, why="not answering")
     umask = os.umask(0o077)
     os.umask(umask)
     request = {"protocol": PROTOCOL, "argv": list(argv), "sys_argv": list(sys.argv),
                "env": dict(os.environ), "cwd": cwd, "umask": umask,
-               "fingerprint": fingerprint(), "streams": _streams()}
+               "fingerprint": fingerprint(), "streams": _streams(), "ignored": _ignored()}
     try:
         _send(sock, request)
         reader = Reader(sock)
@@ -352,8 +354,25 @@ def run(argv):
     return Outcome(code=_follow(sock, reader, pid, forwarded, kept), why="agent")
 
 
+FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+def _ignored():
+    """The names of the forwarded signals this process ignores (nohup, a background job):
+    the child ignores them too, as this process would have."""
+    import signal
+
+    found = []
+    for name in FORWARDED:
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) == signal.SIG_IGN:
+            found.append(name)
+    return found
+
+
 def _forward_signals(pid):
-    """Pass SIGINT, SIGTERM and SIGHUP on to ``pid``: ([signals passed], {kept handlers})."""
+    """Pass SIGINT, SIGTERM and SIGHUP on to ``pid``, those this process does not ignore:
+    ([signals passed], {kept handlers})."""
     import signal
 
     forwarded = []
@@ -366,9 +385,9 @@ def _forward_signals(pid):
             pass
 
     kept = {}
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+    for name in FORWARDED:
         number = getattr(signal, name, None)
-        if number is not None:
+        if number is not None and signal.getsignal(number) != signal.SIG_IGN:
             kept[number] = signal.signal(number, forward)
     return forwarded, kept
 
@@ -402,7 +421,9 @@ def _follow(sock, reader, pid, forwarded, kept):
         signal.signal(forwarded[-1], signal.SIG_DFL)
         os.kill(os.getpid(), forwarded[-1])
     print(f"ERROR: the command ran in the cms emr agent (pid {pid}), which ended without "
-          "an exit code; run it again with CLOUDMESH_EMR_AGENT=off to see why",
+          "an exit code; it may have done part of its work: check with cms emr list clusters "
+          "or cms emr list steps before running it again (CLOUDMESH_EMR_AGENT=off runs it "
+          "without the agent)",
           file=sys.stderr, flush=True)
     return 1
 
@@ -472,7 +493,24 @@ def _environment():
     search = [cwd if entry == "" else os.path.join(cwd, entry)
               if not os.path.isabs(entry) and os.path.isdir(os.path.join(cwd, entry))
               else entry for entry in sys.path]
-    return {**os.environ, "CLOUDMESH_EMR_AGENT_PATH": json.dumps(search)}
+    return {**_kept_environment(), "CLOUDMESH_EMR_AGENT_PATH": json.dumps(search)}
+
+
+# what the agent process itself keeps of its starter's environment: where things are and
+# how the interpreter runs, never a credential (each command brings its own environment)
+KEPT = ("PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "XDG_RUNTIME_DIR", "LANG", "TZ",
+        "VIRTUAL_ENV", "LD_LIBRARY_PATH", "CLOUDMESH_EMR_AGENT")
+KEPT_PREFIXES = ("LC_", "PYTHON")
+
+
+def _kept_environment():
+    """The agent's environment: the allow-listed variables of this one, and the config
+    folder made absolute (the agent runs in /, and names its socket after that folder)."""
+    env = {name: value for name, value in os.environ.items()
+           if name in KEPT or name.startswith(KEPT_PREFIXES)}
+    if os.environ.get("CLOUDMESH_CONFIG_DIR"):
+        env["CLOUDMESH_CONFIG_DIR"] = config_folder()
+    return env
 
 
 def _interpreter_options():
@@ -508,6 +546,8 @@ def start_detached(where=None):
                 return None
         except FileNotFoundError:
             pass
+        if _failed_recently(where):
+            return None
         os.close(os.open(stamp, os.O_WRONLY | os.O_CREAT, 0o600))
         os.utime(stamp)
         log = os.fdopen(os.open(where["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600),
@@ -518,6 +558,28 @@ def start_detached(where=None):
         return subprocess.Popen(_command(where), stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, cwd="/", env=_environment(),
                                 start_new_session=True, close_fds=True)
+
+
+def _failed_recently(where):
+    """Whether the last agent started for ``where`` failed (its log ends in a line that is
+    not one of the agent's own: an ERROR or a traceback) less than DEFAULT_IDLE ago: then
+    commands do not start another each time (`cms emr agent start` still does, and says
+    why it fails)."""
+    import re
+    import time
+
+    try:
+        with open(where["log"], "rb") as log:
+            size = log.seek(0, os.SEEK_END)
+            log.seek(max(0, size - 4096))
+            tail = log.read().decode("utf-8", "replace").rstrip("\n")
+            changed = os.fstat(log.fileno()).st_mtime
+    except OSError:
+        return False
+    if not tail or time.time() - changed > DEFAULT_IDLE:
+        return False
+    last = tail.rsplit("\n", 1)[-1]
+    return not re.match(r"\d{4}-\d\d-\d\dT\S+ agent \d+: ", last)
 
 
 def _existing(where):
@@ -968,9 +1030,21 @@ def child(agent, conn, request):
         for number in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(number, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        ignored = request.get("ignored")
+        for name in ignored if isinstance(ignored, list) else ():
+            if name in FORWARDED:  # ignored by the client (nohup): by the command too
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
         agent.listener.close()
         if agent.lock is not None:
             os.close(agent.lock)
+        why = _prepare(request)
+        if why is not None:  # nothing ran: the client runs the command itself
+            agent.log(f"declined a command ({why})")
+            try:
+                _line(conn, {"declined": why})
+            except OSError:
+                pass
+            os._exit(1)
         try:  # the command is ours only once the client has our pid and says go
             _line(conn, {"pid": os.getpid()})
             go, fds = _go(conn)
@@ -991,22 +1065,54 @@ def child(agent, conn, request):
         os._exit(code & 0xFF if isinstance(code, int) else 1)
 
 
-def _become(conn, fds, request):
-    import io
-    import locale
-    import time
+def _prepare(request):
+    """Take the client's environment and working folder, before the child says its pid;
+    None, or why it cannot (then the client runs the command itself: nothing ran here)."""
+    env = request.get("env") or {}
+    try:
+        if not isinstance(env, dict):
+            raise ValueError("the environment is not a mapping")
+        os.environ.clear()
+        os.environ.update(env)
+    except (TypeError, ValueError) as error:
+        return f"environment not usable: {error}"
+    cwd = request.get("cwd") or "/"
+    try:
+        os.chdir(cwd)
+    except (OSError, TypeError, ValueError) as error:
+        return f"cannot enter {cwd}: {getattr(error, 'strerror', None) or error}"
+    return None
 
+
+def _become(conn, fds, request):
     for stream in (sys.stdout, sys.stderr):  # the agent's own: nothing of it to the client
         try:
             stream.flush()
         except (OSError, ValueError):
             pass
+    try:
+        _take_over(fds, request)
+    except Exception as error:  # noqa: BLE001  one line to the client, never a traceback
+        text = (f"ERROR: the cms emr agent could not set up the command "
+                f"({type(error).__name__}: {error}); nothing ran; run it again with "
+                "CLOUDMESH_EMR_AGENT=off\n")
+        try:
+            os.write(2, text.encode("utf-8", "replace"))
+        except OSError:
+            pass
+        return 1
+    return _execute(request)
+
+
+def _take_over(fds, request):
+    """The client's descriptors, umask, time zone, locale and stream encodings."""
+    import io
+    import locale
+    import time
+
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
-    os.environ.clear()
-    os.environ.update(request.get("env") or {})
-    os.chdir(request.get("cwd") or "/")
     os.umask(int(request.get("umask", 0o022)))
     if hasattr(time, "tzset"):
         time.tzset()
@@ -1017,17 +1123,21 @@ def _become(conn, fds, request):
     import tempfile
 
     tempfile.tempdir = None  # found again from TMPDIR of the client's environment
-    streams = request.get("streams") or [["utf-8", "strict", False]] * 3
+    streams = request.get("streams") or [["utf-8", "strict", False, False]] * 3
     made = []
-    for fd, (encoding, errors, line_buffering) in enumerate(streams):
+    for fd, (encoding, errors, line_buffering, *rest) in enumerate(streams):
         mode = "r" if fd == 0 else "w"
         raw = io.FileIO(fd, mode, closefd=False)
         buffered = io.BufferedReader(raw) if fd == 0 else io.BufferedWriter(raw)
         made.append(io.TextIOWrapper(buffered, encoding=encoding, errors=errors,
-                                     line_buffering=bool(line_buffering) or fd == 2))
+                                     line_buffering=bool(line_buffering) or fd == 2,
+                                     write_through=bool(rest and rest[0])))
     sys.stdin, sys.stdout, sys.stderr = made
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = made
     sys.argv = list(request.get("sys_argv") or ["cms", *request["argv"]])
+
+
+def _execute(request):
     code = 1
     try:
         from cloudmesh.emr import shell

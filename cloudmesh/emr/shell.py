@@ -25,7 +25,11 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     from cloudmesh.emr import agent
 
-    outcome = agent.run(argv)
+    try:
+        outcome = agent.run(argv)
+    except KeyboardInterrupt:  # Ctrl-C while waiting for the agent: nothing ran, nor will
+        print("ERROR: interrupted", file=sys.stderr, flush=True)
+        return 130
     if outcome.code is not None:
         return outcome.code
     code = run_here(argv)
