@@ -525,3 +525,34 @@ def test_a_relative_config_folder_is_served_by_the_agent(world):
     assert (second.returncode, second.stdout) == (0, first.stdout)
     assert made[0] in second.stdout
     assert status()["Commands"] == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "setgroups") or os.geteuid() != 0,
+                    reason="changing a process's groups needs root")
+def test_a_client_in_other_groups_has_another_agent(world):
+    code = "from cloudmesh.emr import agent; print(agent.key())"
+
+    def key(groups):
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env=world.env, check=True,
+                              preexec_fn=lambda: os.setgroups(groups)).stdout.strip()
+
+    assert key([]) != key([4242])
+    assert key([4242]) == key([4242])
+
+
+def test_start_says_when_the_running_agent_runs_other_code(world):
+    import cloudmesh.emr
+
+    pid = world.start()
+    code = Path(cloudmesh.emr.__file__)
+    before = code.stat()
+    try:  # an upgraded install since the agent started
+        os.utime(code, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+        done = world.cms("agent", "start")
+    finally:
+        os.utime(code, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert done.returncode == 0, done.stderr
+    assert f"already running (pid {pid})" in done.stdout and "other code" in done.stdout
+    same = world.cms("agent", "start")
+    assert "other code" not in same.stdout

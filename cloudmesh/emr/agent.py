@@ -95,7 +95,21 @@ def _interpreter():
                   if not name.startswith("_") and isinstance(getattr(sys.flags, name), int)
                   and name not in ("n_fields", "n_sequence_fields", "n_unnamed_fields"))
     python = sorted((k, v) for k, v in os.environ.items() if k.startswith("PYTHON"))
-    return [sys.executable, sys.version, package_folder(), list(flags), python]
+    return [sys.executable, sys.version, package_folder(), list(flags), python,
+            *_identity()]
+
+
+def _identity():
+    """Who and where this process is beyond its user: group, groups, file-name encoding
+    and, on Linux, its mount, network, user and pid namespaces (a command in another
+    group set or container is not served by an agent outside it)."""
+    spaces = []
+    for kind in ("mnt", "net", "user", "pid"):
+        try:
+            spaces.append(os.stat(f"/proc/self/ns/{kind}").st_ino)
+        except OSError:
+            spaces.append(None)
+    return [os.getgid(), sorted(os.getgroups()), sys.getfilesystemencoding(), spaces]
 
 
 def key(environ=None):
@@ -193,8 +207,46 @@ def fingerprint():
                 found.append(f"{entry.path[len(root):]}:{info.st_size}:{info.st_mtime_ns}")
     import zlib
 
-    text = "\n".join(sorted(found))
+    text = "\n".join(sorted(found) + _dependencies())
     return f"{__version__}-{len(found)}-{zlib.crc32(text.encode('utf-8', 'surrogateescape')):08x}"
+
+
+DEPENDENCIES = ("botocore", "boto3", "pymongo", "docopt")
+
+
+def _dependencies():
+    """What an upgrade of the libraries the commands run on changes, found without
+    importing them (importlib.metadata is slow): for each, its main file's size and time
+    and the names of the *.dist-info / *.egg-info folders (their versions) beside it."""
+    import importlib.util
+
+    found, listed = [], {}
+    for name in DEPENDENCIES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.origin:
+            found.append(f"{name}:missing")
+            continue
+        try:
+            info = os.stat(spec.origin)
+            found.append(f"{name}:{info.st_size}:{info.st_mtime_ns}")
+        except OSError:
+            found.append(f"{name}:{spec.origin}")
+        where = os.path.dirname(spec.origin)
+        if spec.submodule_search_locations is not None:  # a package: its folder's folder
+            where = os.path.dirname(where)
+        if where not in listed:
+            try:
+                listed[where] = [entry for entry in os.listdir(where)
+                                 if entry.endswith((".dist-info", ".egg-info"))]
+            except OSError:
+                listed[where] = []
+        prefix = name.lower() + "-"
+        found.extend(sorted(entry for entry in listed[where]
+                            if entry.lower().replace("_", "-").startswith(prefix)))
+    return found
 
 
 # ---- the client ------------------------------------------------------------------------
@@ -628,7 +680,9 @@ def _ours(pid, where):
         cmdline = process.cmdline()
     except (psutil.Error, OSError):
         return None
-    runs_us = BOOT in cmdline
+    # python [options] -c <a boot line that runs cloudmesh.emr.agent> --socket <ours>
+    code = cmdline[cmdline.index("-c") + 1:][:1] if "-c" in cmdline else []
+    runs_us = bool(code) and NAME in code[0]
     serves = processes.option(cmdline, "--socket") == where["socket"]
     return process if runs_us and serves else None
 
@@ -842,8 +896,6 @@ class Agent:
         import socket
         import time
 
-        from cloudmesh.emr.processes import write_json
-
         if self.where["socket"] != paths()["socket"]:
             raise AgentError("this agent's interpreter or settings are not those of the "
                              "command that started it")
@@ -852,6 +904,7 @@ class Agent:
             self.log("another agent serves this socket; not starting")
             return 0
         try:
+            self.write_pid()  # now, so `agent stop` finds an agent that is still warming
             self.read_settings()
             if not self.on:
                 self.log("cloudmesh.emr.agent is off; not starting")
@@ -863,10 +916,7 @@ class Agent:
             signal.signal(signal.SIGCHLD, self.reap)
             for name in ("SIGTERM", "SIGHUP", "SIGINT"):
                 signal.signal(getattr(signal, name), self.end)
-            write_json(self.where["pid"], {
-                "pid": os.getpid(), "socket": self.where["socket"], "started": self.started,
-                "fingerprint": self.code, "python": sys.executable,
-                "package": package_folder(), "config": config_folder()})
+            self.write_pid()
             self.log(f"serving {self.where['socket']} (idle exit after {self.idle} s)")
             while not self.stopping:
                 left = self.idle - (time.monotonic() - self.last)
@@ -894,6 +944,14 @@ class Agent:
         finally:
             self.cleanup()
 
+    def write_pid(self):
+        from cloudmesh.emr.processes import write_json
+
+        write_json(self.where["pid"], {
+            "pid": os.getpid(), "socket": self.where["socket"], "started": self.started,
+            "fingerprint": self.code, "python": sys.executable,
+            "package": package_folder(), "config": config_folder()})
+
     def end(self, signum, frame):
         self.stopping = True
         self.log(f"signal {signum}; ending")
@@ -919,13 +977,13 @@ class Agent:
                 os.unlink(self.where["socket"])
             except OSError:
                 pass
+        if self.lock is not None:  # the pid file is ours only while we hold the lock
             data, _ = read_json(self.where["pid"])
             if data and data.get("pid") == os.getpid():
                 try:
                     os.unlink(self.where["pid"])
                 except OSError:
                     pass
-        if self.lock is not None:
             os.close(self.lock)
             self.lock = None
 

@@ -863,7 +863,12 @@ class EmrCommand(PluginCommand):
                 verb = "started" if fresh else "already running"
                 info = {"Agent": verb, "Pid": answer["pid"], "Socket": answer["socket"],
                         "Idle exit": when(answer["exit"])}
-                show(info, f"cms emr agent {verb} (pid {answer['pid']}) at {answer['socket']}")
+                line = f"cms emr agent {verb} (pid {answer['pid']}) at {answer['socket']}"
+                if answer.get("fingerprint") != agent.fingerprint():
+                    info["Code"] = "other than this command's: the next command replaces it"
+                    line += "; it runs other code than this command (an upgrade?): the " \
+                        "next command replaces it"
+                show(info, line)
             elif a["stop"]:
                 pid = agent.stop() if agent.supported() else None
                 info = {"Agent": "stopped" if pid else "not running", "Pid": pid}
