@@ -236,21 +236,47 @@ class World:
         """How many commands the agent has run (0 when none runs)."""
         return (self.agent_status() or {}).get("Commands", 0)
 
+    def agent_socket(self):
+        """The socket of the bench's agent, as agent.py names it for agent_env (or None)."""
+        code = ("from cloudmesh.emr import agent\n"
+                "try:\n    print(agent.paths()['socket'])\nexcept agent.AgentError:\n    pass")
+        done = subprocess.run([sys.executable, "-c", code], env=self.agent_env,
+                              capture_output=True, text=True)
+        return done.stdout.strip() or None
+
     def stop_agent(self):
-        """Stop the bench's agent by its PID (`cms emr agent stop` checks it is ours)."""
-        if self.agent_pid is None:
-            return
+        """Stop the bench's agent by its PID (`cms emr agent stop` checks it is ours), and
+        any agent process still serving the bench's socket (one that was warming, or whose
+        warm-up failed), whether or not a row saw it answer."""
+        import psutil
+
         done = subprocess.run(cms("agent", "stop"), env=self.agent_env, capture_output=True,
                               text=True)
         if done.returncode:
             print(f"bench: cms emr agent stop: {done.stderr}", file=sys.stderr)
         self.agent_pid = None
+        where = self.agent_socket()
+        if where is None:
+            return
+        left = []
+        for process in psutil.process_iter(["cmdline"]):
+            cmdline = process.info["cmdline"] or []
+            if "--socket" in cmdline and cmdline[cmdline.index("--socket") + 1:][:1] == [where]:
+                left.append(process)
+        for process in left:
+            try:
+                process.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(left, timeout=15)
 
     def close(self):
-        self.stop_agent()
-        for server in self.servers.values():
-            stop(server.process)
-        self.database_server.stop()
+        try:
+            self.stop_agent()
+        finally:
+            for server in self.servers.values():
+                stop(server.process)
+            self.database_server.stop()
 
     def boto(self, service, endpoint=None):
         import boto3
