@@ -556,3 +556,33 @@ def test_start_says_when_the_running_agent_runs_other_code(world):
     assert f"already running (pid {pid})" in done.stdout and "other code" in done.stdout
     same = world.cms("agent", "start")
     assert "other code" not in same.stdout
+
+
+def test_ctrl_z_stops_the_command_in_the_agent_and_fg_continues_it(world):
+    import psutil
+
+    cluster = clusters(world.endpoint, 1)[0]
+    world.start()
+    client = subprocess.Popen(world.command("wait", cluster, "--until=terminated", "--delay=1"),
+                              env=world.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        first = client.stderr.readline()
+        assert first.startswith(f"{cluster}: WAITING"), first
+        (child,) = [process for agent in world.agents() for process in agent.children()]
+        me = psutil.Process(client.pid)
+        client.send_signal(signal.SIGTSTP)
+        wait_for(lambda: child.status() == psutil.STATUS_STOPPED
+                 and me.status() == psutil.STATUS_STOPPED, 30,
+                 what="the command and its client to stop")
+        client.send_signal(signal.SIGCONT)  # fg
+        wait_for(lambda: child.status() != psutil.STATUS_STOPPED, 30,
+                 what="the command to go on")
+        boto(world.endpoint, "emr").terminate_job_flows(JobFlowIds=[cluster])
+        out, err = client.communicate(timeout=120)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert client.returncode == 0, err
+    assert out.splitlines() == [f"{cluster} TERMINATED"]

@@ -13,7 +13,8 @@ ControlPersist and gpg-agent):
   "go" with its own stdin, stdout and stderr (the descriptors themselves, SCM_RIGHTS);
 - the child takes the client's environment, folder and descriptors and runs the command
   exactly as the client would have (``shell.run_here``), sends its exit code and ends
-  with ``os._exit``; meanwhile the client forwards SIGINT, SIGTERM and SIGHUP to it.
+  with ``os._exit``; meanwhile the client forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT
+  to it (not those it ignores), and stops and continues it with itself on SIGTSTP.
 
 The client runs a command itself only when it never said go to a child (no agent, or
 none answered within 10 s), and a child runs it only after that go, so a command is
@@ -406,7 +407,7 @@ def run(argv):
     return Outcome(code=_follow(sock, reader, pid, forwarded, kept), why="agent")
 
 
-FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP")
+FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
 
 
 def _ignored():
@@ -423,7 +424,8 @@ def _ignored():
 
 
 def _forward_signals(pid):
-    """Pass SIGINT, SIGTERM and SIGHUP on to ``pid``, those this process does not ignore:
+    """Pass SIGINT, SIGTERM, SIGHUP and SIGQUIT on to ``pid``, those this process does not
+    ignore, and stop and continue it with this process (SIGTSTP, then SIGCONT):
     ([signals passed], {kept handlers})."""
     import signal
 
@@ -436,11 +438,29 @@ def _forward_signals(pid):
         except OSError:
             pass
 
+    def suspend(signum, frame):
+        # Ctrl-Z: stop the child (SIGSTOP: it is in the agent's orphaned process group,
+        # where the kernel drops SIGTSTP), then this process; on fg/bg, go on, both
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except OSError:
+            pass
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)  # stopped here until SIGCONT
+        signal.signal(signal.SIGTSTP, suspend)
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except OSError:
+            pass
+
     kept = {}
     for name in FORWARDED:
         number = getattr(signal, name, None)
         if number is not None and signal.getsignal(number) != signal.SIG_IGN:
             kept[number] = signal.signal(number, forward)
+    number = getattr(signal, "SIGTSTP", None)
+    if number is not None and signal.getsignal(number) != signal.SIG_IGN:
+        kept[number] = signal.signal(number, suspend)
     return forwarded, kept
 
 
@@ -1085,7 +1105,7 @@ def child(agent, conn, request):
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # subprocess waits for its own
-        for number in (signal.SIGTERM, signal.SIGHUP):
+        for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(number, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         ignored = request.get("ignored")
