@@ -586,3 +586,20 @@ def test_ctrl_z_stops_the_command_in_the_agent_and_fg_continues_it(world):
             client.wait()
     assert client.returncode == 0, err
     assert out.splitlines() == [f"{cluster} TERMINATED"]
+
+
+def test_commands_do_not_restart_an_agent_whose_start_just_failed(world):
+    """The log ends in a failed start: a command runs by itself and starts no agent;
+    `agent start` still tries (and here succeeds)."""
+    made = clusters(world.endpoint, 1)
+    paths = world.paths()
+    world.folder.mkdir(mode=0o700)
+    Path(paths["log"]).write_text("ERROR: the agent could not start\n")
+    done = world.cms("list", "clusters")
+    assert done.returncode == 0, done.stderr
+    assert made[0] in done.stdout
+    assert not Path(paths["log"][:-len("log")] + "started").exists()  # no start was tried
+    assert world.agents() == []
+    world.start()
+    assert world.cms("list", "clusters").stdout == done.stdout
+    assert served(world) == 1
