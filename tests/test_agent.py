@@ -563,9 +563,12 @@ def test_ctrl_z_stops_the_command_in_the_agent_and_fg_continues_it(world):
 
     cluster = clusters(world.endpoint, 1)[0]
     world.start()
+    # its own process group in this session, as a shell's job: Ctrl-Z stops a job only
+    # where a shell could continue it (the kernel drops SIGTSTP in an orphaned group)
+    group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
     client = subprocess.Popen(world.command("wait", cluster, "--until=terminated", "--delay=1"),
                               env=world.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+                              text=True, **group)
     try:
         first = client.stderr.readline()
         assert first.startswith(f"{cluster}: WAITING"), first
@@ -580,6 +583,35 @@ def test_ctrl_z_stops_the_command_in_the_agent_and_fg_continues_it(world):
                  what="the command to go on")
         boto(world.endpoint, "emr").terminate_job_flows(JobFlowIds=[cluster])
         out, err = client.communicate(timeout=120)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert client.returncode == 0, err
+    assert out.splitlines() == [f"{cluster} TERMINATED"]
+
+
+def test_ctrl_z_in_an_orphaned_group_stops_nothing_as_in_process(world):
+    """With no shell to continue it (an orphaned process group, as under a new session),
+    Ctrl-Z stops no command by itself; through the agent the command is not left stopped
+    either, and finishes."""
+    import psutil
+
+    cluster = clusters(world.endpoint, 1)[0]
+    world.start()
+    client = subprocess.Popen(world.command("wait", cluster, "--until=terminated", "--delay=1"),
+                              env=world.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        first = client.stderr.readline()
+        assert first.startswith(f"{cluster}: WAITING"), first
+        (child,) = [process for agent in world.agents() for process in agent.children()]
+        client.send_signal(signal.SIGTSTP)
+        wait_for(lambda: client.poll() is None and child.status() != psutil.STATUS_STOPPED
+                 and psutil.Process(client.pid).status() != psutil.STATUS_STOPPED, 10,
+                 what="the command to go on")
+        boto(world.endpoint, "emr").terminate_job_flows(JobFlowIds=[cluster])
+        out, err = client.communicate(timeout=60)  # a command left stopped never ends
     finally:
         if client.poll() is None:
             client.kill()
