@@ -23,6 +23,23 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "win3
                                 reason="the agent needs fork and AF_UNIX sockets")
 
 
+@pytest.fixture(autouse=True)
+def _terminal_signals_reach_commands():
+    """Commands these tests start get Ctrl-C, Ctrl-\\ and Ctrl-Z as from a terminal: where
+    the test run itself was started in the background by a shell without job control,
+    SIGINT and SIGQUIT are ignored, and every child would inherit that (and, rightly, keep
+    ignoring them)."""
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGQUIT: signal.SIG_DFL,
+                signal.SIGTSTP: signal.SIG_DFL}
+    kept = {number: signal.getsignal(number) for number in defaults}
+    for number, handler in defaults.items():
+        if kept[number] == signal.SIG_IGN:
+            signal.signal(number, handler)
+    yield
+    for number, handler in kept.items():
+        signal.signal(number, handler)
+
+
 class World:
     """`cms` processes with the agent on, in a runtime folder of this test's own."""
 
